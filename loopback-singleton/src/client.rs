@@ -1,0 +1,716 @@
+//! The blocking client: finds or starts the daemon, authenticates, and runs calls over a
+//! small pool of connections so that one client serves many threads at once.
+
+use std::fmt;
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::marker::PhantomData;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::daemon::{Launch, ServeOptions};
+use crate::error::{Error, ProtocolError, RemoteError};
+use crate::runtime_dir::{self, RuntimeDir};
+use crate::service::{Fingerprint, Service};
+use crate::spawn::{self, SpawnError};
+use crate::wire::{self, DaemonInfo, FrameError, Role, Secret};
+
+/// Configures a client before connecting: singleton name, idle TTL, timeouts, runtime
+/// directory, daemon executable.
+///
+/// Obtained from the generated `<Type>Client::builder()`. [`connect`](Self::connect)
+/// takes the `#[init]` constructor's arguments as one value: `()` for none, the value
+/// itself for one argument, a tuple for several.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use loopback_singleton::local_singleton;
+///
+/// pub struct Counter { value: u64, step: u64 }
+///
+/// #[local_singleton]
+/// impl Counter {
+///     #[init]
+///     pub fn new(start: u64, step: u64) -> Self { Counter { value: start, step } }
+///     pub fn inc(&mut self) -> u64 { self.value += self.step; self.value }
+/// }
+///
+/// let counter = CounterClient::builder()
+///     .name("build-counter")
+///     .idle_ttl(Duration::from_secs(30))
+///     .call_timeout(Duration::from_secs(5))
+///     .connect((10, 2))?;
+/// counter.inc()?;
+/// # Ok::<(), loopback_singleton::Error>(())
+/// ```
+pub struct Builder<S> {
+    options: ServeOptions,
+    connect_timeout: Duration,
+    start_timeout: Duration,
+    call_timeout: Option<Duration>,
+    daemon_command: Option<PathBuf>,
+    attach: bool,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S: Service> Default for Builder<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> fmt::Debug for Builder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("options", &self.options)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("start_timeout", &self.start_timeout)
+            .field("call_timeout", &self.call_timeout)
+            .field("daemon_command", &self.daemon_command)
+            .field("attach", &self.attach)
+            .finish()
+    }
+}
+
+impl<S: Service> Builder<S> {
+    /// Default settings: the service's own name, a 2 s idle TTL, 5 s connect timeout,
+    /// 10 s start timeout, no call timeout, the current executable as the daemon.
+    pub fn new() -> Self {
+        Builder {
+            options: ServeOptions::default(),
+            connect_timeout: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(10),
+            call_timeout: None,
+            daemon_command: None,
+            attach: false,
+            service: PhantomData,
+        }
+    }
+
+    /// The singleton name (default `<crate>.<Type>`, or the macro's `name = "..."`).
+    /// Different names are different daemons with different instances.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.options = self.options.name(name);
+        self
+    }
+
+    /// The base directory of runtime directories (default: `$LOOPBACK_SINGLETON_DIR`,
+    /// else `$XDG_RUNTIME_DIR/loopback-singleton`, else `~/.cache/loopback-singleton`).
+    pub fn runtime_dir(mut self, base: impl Into<PathBuf>) -> Self {
+        self.options = self.options.runtime_dir(base);
+        self
+    }
+
+    /// How long a daemon this client starts lives with no client connected (default
+    /// 2 s). `None` keeps it until `shutdown`. Not compared with a running daemon's.
+    pub fn idle_ttl(mut self, ttl: impl Into<Option<Duration>>) -> Self {
+        self.options = self.options.idle_ttl(ttl.into());
+        self
+    }
+
+    /// Limit for opening and authenticating one connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Limit for starting a daemon: lock, spawn, construct, ready (default 10 s).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Limit for one call's reply (default: none; a killed daemon is noticed at once
+    /// anyway, because its sockets close).
+    pub fn call_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.call_timeout = timeout.into();
+        self
+    }
+
+    /// The largest frame sent or accepted, in bytes (default 64 MiB).
+    pub fn max_frame_size(mut self, bytes: u32) -> Self {
+        self.options = self.options.max_frame_size(bytes);
+        self
+    }
+
+    /// Replaces all daemon-side settings at once.
+    pub fn serve_options(mut self, options: ServeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Starts daemons from this executable instead of the current one. It must link
+    /// the same service (its pre-main hook becomes the daemon).
+    pub fn daemon_command(mut self, executable: impl Into<PathBuf>) -> Self {
+        self.daemon_command = Some(executable.into());
+        self
+    }
+
+    /// Accepts a running daemon whatever init arguments it was started with (instead of
+    /// failing with [`Error::InitMismatch`]). The arguments still start a daemon when
+    /// none runs.
+    pub fn attach(mut self) -> Self {
+        self.attach = true;
+        self
+    }
+
+    /// Connects, starting the daemon with `init` if none runs.
+    pub fn connect(self, init: S::Init) -> Result<S::Client, Error> {
+        Client::<S>::connect(self, init).map(S::Client::from)
+    }
+}
+
+/// The untyped client underneath a generated `<Type>Client`: cheap to clone,
+/// `Send + Sync`, usable from many threads at once (each call borrows a pooled
+/// connection, so threads do not wait on each other's round trips).
+pub struct Client<S> {
+    inner: Arc<Inner>,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for Client<S> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: Arc::clone(&self.inner),
+            service: PhantomData,
+        }
+    }
+}
+
+impl<S> fmt::Debug for Client<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoint = self.inner.endpoint().as_ref().map(|endpoint| (endpoint.port, endpoint.pid));
+        f.debug_struct("Client")
+            .field("name", &self.inner.name)
+            .field("runtime_dir", &self.inner.dir.path())
+            .field("daemon", &endpoint)
+            .finish()
+    }
+}
+
+/// Where the daemon is and how to prove ourselves to it.
+#[derive(Clone)]
+struct Endpoint {
+    port: u16,
+    secret: Secret,
+    pid: u32,
+    instance: u64,
+}
+
+/// One authenticated connection with its reusable buffer.
+struct Connection {
+    reader: BufReader<TcpStream>,
+    buf: Vec<u8>,
+    instance: u64,
+}
+
+struct Inner {
+    name: String,
+    dir: RuntimeDir,
+    service_id: &'static str,
+    schema: Fingerprint,
+    /// `None` with [`Builder::attach`].
+    init: Option<Fingerprint>,
+    launch: Launch,
+    connect_timeout: Duration,
+    start_timeout: Duration,
+    call_timeout: Option<Duration>,
+    max_frame: u32,
+    daemon_command: Option<PathBuf>,
+    endpoint: Mutex<Option<Endpoint>>,
+    idle: Mutex<Vec<Connection>>,
+    next_id: AtomicU64,
+}
+
+/// Why opening a connection to an endpoint failed.
+enum DialError {
+    /// Nobody (or not our daemon) is there: the endpoint is stale.
+    Stale(Error),
+    /// Our daemon is there but busy (retiring, full, slow): wait and retry.
+    Busy(Error),
+    /// Our daemon is there and refuses us for good (version, schema, init arguments).
+    Fatal(Error),
+}
+
+/// What probing the runtime directory found.
+enum Probe {
+    Found(Connection, Endpoint),
+    Absent,
+    Busy(Error),
+    Fatal(Error),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: Service> Client<S> {
+    fn connect(builder: Builder<S>, init: S::Init) -> Result<Self, Error> {
+        let name = builder.options.name.clone().unwrap_or_else(|| S::NAME.to_string());
+        let base = runtime_dir::base_dir(builder.options.dir.as_deref())?;
+        let dir = RuntimeDir::open(&base, &name)?;
+        let encoded = postcard::to_stdvec(&init).map_err(|error| Error::StartFailed {
+            name: name.clone(),
+            reason: format!("the init arguments do not encode: {error}"),
+        })?;
+        let inner = Inner {
+            init: (!builder.attach).then(|| wire::init_fingerprint(&encoded)),
+            launch: Launch {
+                name: name.clone(),
+                base,
+                options: builder.options.clone(),
+                init: encoded,
+                init_description: wire::describe(&init),
+            },
+            name,
+            dir,
+            service_id: S::SERVICE_ID,
+            schema: S::SCHEMA,
+            connect_timeout: builder.connect_timeout,
+            start_timeout: builder.start_timeout,
+            call_timeout: builder.call_timeout,
+            max_frame: builder.options.max_frame,
+            daemon_command: builder.daemon_command,
+            endpoint: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+        };
+        let connection = inner.open()?;
+        inner.checkin(connection);
+        Ok(Client {
+            inner: Arc::new(inner),
+            service: PhantomData,
+        })
+    }
+}
+
+impl<S> Client<S> {
+    /// Runs method number `method` with its arguments encoded as a tuple (postcard
+    /// encodes it exactly as the request enum's variant). Called by generated code.
+    #[doc(hidden)]
+    pub fn call<R: DeserializeOwned, A: Serialize + ?Sized>(&self, method: u32, args: &A) -> Result<R, Error> {
+        self.inner.request(wire::KIND_CALL, |buf| {
+            postcard::to_io(&method, &mut *buf)
+                .and_then(|buf| postcard::to_io(args, buf))
+                .map(drop)
+                .map_err(|error| {
+                    Error::Protocol(ProtocolError::Malformed {
+                        what: "request",
+                        reason: error.to_string(),
+                    })
+                })
+        })
+    }
+
+    /// Asks the daemon about itself: pid, uptime, calls served, connected clients.
+    ///
+    /// ```no_run
+    /// # use loopback_singleton::local_singleton;
+    /// # #[derive(Default)] pub struct Counter { v: u64 }
+    /// # #[local_singleton] impl Counter { pub fn inc(&mut self) -> u64 { self.v += 1; self.v } }
+    /// let counter = CounterClient::connect()?;
+    /// let info = counter.ping()?;
+    /// println!("daemon pid {} served {} calls", info.pid, info.calls_served);
+    /// # Ok::<(), loopback_singleton::Error>(())
+    /// ```
+    pub fn ping(&self) -> Result<DaemonInfo, Error> {
+        self.inner.request(wire::KIND_PING, |_| Ok(()))
+    }
+
+    /// Makes sure a daemon runs, starting a fresh one (with this client's init
+    /// arguments) if the one this client knew has died, and returns its info.
+    pub fn ensure_started(&self) -> Result<DaemonInfo, Error> {
+        match self.ping() {
+            // The failure dropped the dead connections; the retry finds or starts one.
+            Err(Error::ConnectionLost { .. } | Error::Connect { .. }) => self.ping(),
+            other => other,
+        }
+    }
+
+    /// Stops the daemon and returns once it is gone: calls in flight finish first, the
+    /// instance is dropped, and the runtime files are removed. Other clients' next
+    /// calls fail with [`Error::ConnectionLost`]; their next call after that starts a
+    /// fresh daemon.
+    pub fn shutdown(&self) -> Result<(), Error> {
+        let mut connection = self.inner.checkout()?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        wire::begin_message(&mut connection.buf, id, wire::KIND_SHUTDOWN);
+        wire::finish_frame(&mut connection.buf);
+        let pid = self.inner.endpoint().as_ref().map(|endpoint| endpoint.pid);
+        let result = self.inner.round_trip(&mut connection, id).map(drop);
+        self.inner.forget(connection.instance);
+        result?;
+        // The daemon closes every connection as its process exits: wait for that.
+        let stream = connection.reader.get_mut();
+        let _ = stream.set_read_timeout(Some(self.inner.start_timeout));
+        let mut sink = [0u8; 64];
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        if let Some(pid) = pid {
+            let deadline = Instant::now() + self.inner.start_timeout;
+            while runtime_dir::process_start_time(pid).is_some() && Instant::now() < deadline {
+                // Gone from our view once it is reaped or a zombie awaiting its parent.
+                if is_zombie(pid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Ok(())
+    }
+
+    /// The singleton name this client talks to.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The runtime directory of this singleton (metadata, secret, lock, log).
+    pub fn runtime_dir(&self) -> &std::path::Path {
+        self.inner.dir.path()
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rfind(')').map(|at| stat[at + 1..].trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_zombie(_pid: u32) -> bool {
+    false
+}
+
+impl Inner {
+    fn endpoint(&self) -> MutexGuard<'_, Option<Endpoint>> {
+        lock(&self.endpoint)
+    }
+
+    /// One request-reply exchange; `encode_body` appends the request body.
+    fn request<R: DeserializeOwned>(
+        &self,
+        kind: u8,
+        encode_body: impl FnOnce(&mut Vec<u8>) -> Result<(), Error>,
+    ) -> Result<R, Error> {
+        let mut connection = self.checkout()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        wire::begin_message(&mut connection.buf, id, kind);
+        encode_body(&mut connection.buf)?;
+        wire::finish_frame(&mut connection.buf);
+        let body = match self.round_trip(&mut connection, id) {
+            Ok(body) => body,
+            Err(error) => {
+                if matches!(error, Error::ConnectionLost { .. } | Error::Timeout { .. } | Error::Protocol(_)) {
+                    // The connection is dead or out of step: never reuse it.
+                    if matches!(error, Error::ConnectionLost { .. }) {
+                        self.forget(connection.instance);
+                    }
+                    return Err(error);
+                }
+                self.checkin(connection);
+                return Err(error);
+            }
+        };
+        let value = postcard::from_bytes(&connection.buf[body..]).map_err(|error| {
+            Error::Remote(RemoteError::Decode {
+                message: error.to_string(),
+            })
+        });
+        self.checkin(connection);
+        value
+    }
+
+    /// Sends the frame in `connection.buf` and reads the reply into the same buffer;
+    /// returns where the reply's body starts.
+    fn round_trip(&self, connection: &mut Connection, id: u64) -> Result<usize, Error> {
+        let lost = |source: std::io::Error| match source.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => Error::Timeout {
+                name: self.name.clone(),
+                after: self.call_timeout.unwrap_or_default(),
+            },
+            _ => Error::ConnectionLost {
+                name: self.name.clone(),
+                source,
+            },
+        };
+        let Connection { reader, buf, .. } = connection;
+        reader.get_ref().write_all(buf).map_err(lost)?;
+        match wire::read_frame(reader, buf, self.max_frame) {
+            Ok(()) => {}
+            Err(FrameError::Io(error)) => return Err(lost(error)),
+            Err(FrameError::Protocol(error)) => return Err(Error::Protocol(error)),
+        }
+        let (reply_id, status, body) = wire::split_header("reply", buf)?;
+        if reply_id != id {
+            return Err(Error::Protocol(ProtocolError::Unexpected(format!(
+                "reply to call {reply_id} while waiting for {id}"
+            ))));
+        }
+        let body_at = buf.len() - body.len();
+        match status {
+            wire::STATUS_OK => Ok(body_at),
+            wire::STATUS_ERR => Err(Error::Remote(wire::decode("remote error", body)?)),
+            other => Err(Error::Protocol(ProtocolError::Unexpected(format!("reply status {other}")))),
+        }
+    }
+
+    fn checkout(&self) -> Result<Connection, Error> {
+        if let Some(connection) = lock(&self.idle).pop() {
+            return Ok(connection);
+        }
+        self.open()
+    }
+
+    fn checkin(&self, mut connection: Connection) {
+        const KEEP: usize = 64 << 10;
+        if connection.buf.capacity() > 16 * KEEP {
+            connection.buf = Vec::with_capacity(KEEP);
+        }
+        lock(&self.idle).push(connection);
+    }
+
+    /// Drops every pooled connection to `instance` and forgets its endpoint, so the
+    /// next call finds (or starts) the daemon afresh.
+    fn forget(&self, instance: u64) {
+        lock(&self.idle).retain(|connection| connection.instance != instance);
+        let mut endpoint = self.endpoint();
+        if endpoint.as_ref().is_some_and(|endpoint| endpoint.instance == instance) {
+            *endpoint = None;
+        }
+    }
+
+    /// A new connection: to the known endpoint if it still answers, else to whatever
+    /// daemon the runtime directory names, starting one if none runs.
+    fn open(&self) -> Result<Connection, Error> {
+        let known = self.endpoint().clone();
+        if let Some(endpoint) = known {
+            match self.dial(&endpoint) {
+                Ok(connection) => return Ok(connection),
+                Err(DialError::Fatal(error)) => return Err(error),
+                Err(DialError::Stale(_) | DialError::Busy(_)) => {}
+            }
+        }
+        let (connection, endpoint) = self.establish()?;
+        *self.endpoint() = Some(endpoint);
+        Ok(connection)
+    }
+
+    /// Finds the running daemon or starts one: try first; on failure take the start
+    /// lock, try again under it, clean stale files, spawn, wait for readiness.
+    fn establish(&self) -> Result<(Connection, Endpoint), Error> {
+        let deadline = Instant::now() + self.start_timeout;
+        let mut start_lock = None;
+        loop {
+            match self.probe() {
+                Probe::Found(connection, endpoint) => return Ok((connection, endpoint)),
+                Probe::Fatal(error) => return Err(error),
+                Probe::Busy(error) => {
+                    if Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Probe::Absent if start_lock.is_some() => break,
+                Probe::Absent => {
+                    if spawn::spawn_disabled() {
+                        return Err(Error::NotRunning { name: self.name.clone() });
+                    }
+                    if spawn::in_daemon_mode() {
+                        return Err(Error::StartFailed {
+                            name: self.name.clone(),
+                            reason: "this process is a loopback-singleton daemon, and a daemon never spawns another"
+                                .into(),
+                        });
+                    }
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    start_lock = Some(self.dir.lock(remaining)?);
+                }
+            }
+        }
+        self.dir.remove_stale()?;
+        let started = self.spawn(deadline)?;
+        drop(start_lock);
+        Ok(started)
+    }
+
+    /// Spawns a daemon (the start lock is held) and connects to it.
+    fn spawn(&self, deadline: Instant) -> Result<(Connection, Endpoint), Error> {
+        let exe = match &self.daemon_command {
+            Some(path) => path.clone(),
+            None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/exe"),
+            None => std::env::current_exe().map_err(|error| Error::io("locating the current executable", error))?,
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let (port, pid, instance) = spawn::spawn_daemon(&exe, self.service_id, &self.launch, self.dir.path(), remaining)
+            .map_err(|error| match error {
+                SpawnError::Failed(reason) => Error::StartFailed {
+                    name: self.name.clone(),
+                    reason,
+                },
+                SpawnError::TimedOut => Error::StartTimeout {
+                    name: self.name.clone(),
+                    waited: self.start_timeout,
+                    what: format!("the daemon's readiness report (see {})", self.dir.log_path().display()),
+                },
+            })?;
+        let secret = self
+            .dir
+            .read_secret()
+            .map_err(|error| Error::io(format!("reading {}", self.dir.secret_path().display()), error))?;
+        let endpoint = Endpoint {
+            port,
+            secret,
+            pid,
+            instance,
+        };
+        match self.dial(&endpoint) {
+            Ok(connection) => Ok((connection, endpoint)),
+            Err(DialError::Stale(error) | DialError::Busy(error) | DialError::Fatal(error)) => Err(error),
+        }
+    }
+
+    /// Looks at the runtime directory: is a live daemon there, and does it take us?
+    fn probe(&self) -> Probe {
+        let Ok(Some(metadata)) = self.dir.read_metadata() else {
+            return Probe::Absent;
+        };
+        if !runtime_dir::daemon_alive(&metadata) {
+            return Probe::Absent;
+        }
+        let Ok(secret) = self.dir.read_secret() else {
+            return Probe::Absent;
+        };
+        let endpoint = Endpoint {
+            port: metadata.port,
+            secret,
+            pid: metadata.pid,
+            instance: metadata.instance,
+        };
+        match self.dial(&endpoint) {
+            Ok(connection) => Probe::Found(connection, endpoint),
+            Err(DialError::Stale(_)) => Probe::Absent,
+            Err(DialError::Busy(error)) => Probe::Busy(error),
+            Err(DialError::Fatal(error)) => Probe::Fatal(error),
+        }
+    }
+
+    /// Connects to `endpoint` and runs the client's side of the mutual handshake.
+    fn dial(&self, endpoint: &Endpoint) -> Result<Connection, DialError> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, endpoint.port));
+        let stream = TcpStream::connect_timeout(&addr, self.connect_timeout).map_err(|source| {
+            let refused = source.kind() == ErrorKind::ConnectionRefused;
+            let error = Error::Connect {
+                name: self.name.clone(),
+                addr,
+                source,
+            };
+            if refused { DialError::Stale(error) } else { DialError::Busy(error) }
+        })?;
+        let lost = |source: std::io::Error| {
+            DialError::Busy(Error::ConnectionLost {
+                name: self.name.clone(),
+                source,
+            })
+        };
+        let configure = stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_read_timeout(Some(self.connect_timeout)))
+            .and_then(|()| stream.set_write_timeout(Some(self.connect_timeout)));
+        configure.map_err(lost)?;
+        let mut reader = BufReader::with_capacity(64 << 10, stream);
+        let mut buf = Vec::with_capacity(4096);
+
+        let nonce = wire::random_bytes();
+        let hello = wire::Hello {
+            magic: wire::MAGIC,
+            version: wire::PROTOCOL_VERSION,
+            nonce,
+        };
+        wire::encode_frame(&hello, &mut buf);
+        reader.get_ref().write_all(&buf).map_err(lost)?;
+        let challenge: wire::Challenge = self.read_handshake(&mut reader, &mut buf, "challenge")?;
+        if challenge.magic != wire::MAGIC {
+            return Err(DialError::Stale(Error::Protocol(ProtocolError::BadMagic)));
+        }
+        if challenge.version != wire::PROTOCOL_VERSION {
+            return Err(DialError::Fatal(Error::ProtocolVersion {
+                name: self.name.clone(),
+                client: wire::PROTOCOL_VERSION,
+                daemon: challenge.version,
+            }));
+        }
+        if !wire::verify(&endpoint.secret, Role::Daemon, &nonce, &challenge.nonce, &challenge.proof) {
+            return Err(DialError::Stale(Error::Auth {
+                name: self.name.clone(),
+                reason: format!(
+                    "the process on port {} could not prove it knows the daemon's secret",
+                    endpoint.port
+                ),
+            }));
+        }
+        let auth = wire::Auth {
+            proof: *wire::proof(&endpoint.secret, Role::Client, &nonce, &challenge.nonce).as_bytes(),
+            schema: self.schema,
+            init: self.init,
+            init_description: self.launch.init_description.clone(),
+        };
+        wire::encode_frame(&auth, &mut buf);
+        reader.get_ref().write_all(&buf).map_err(lost)?;
+        let instance = match self.read_handshake(&mut reader, &mut buf, "verdict")? {
+            wire::Verdict::Welcome { instance, .. } => instance,
+            wire::Verdict::Rejected(wire::Rejection::Schema { daemon }) => {
+                return Err(DialError::Fatal(Error::SchemaMismatch {
+                    name: self.name.clone(),
+                    client: self.schema,
+                    daemon,
+                }));
+            }
+            wire::Verdict::Rejected(wire::Rejection::Init { running }) => {
+                return Err(DialError::Fatal(Error::InitMismatch {
+                    name: self.name.clone(),
+                    wanted: self.launch.init_description.clone(),
+                    running,
+                }));
+            }
+            wire::Verdict::Rejected(wire::Rejection::ShuttingDown) => {
+                return Err(DialError::Busy(Error::Remote(RemoteError::ShuttingDown)));
+            }
+        };
+        let stream = reader.get_ref();
+        stream
+            .set_read_timeout(self.call_timeout)
+            .and_then(|()| stream.set_write_timeout(None))
+            .map_err(lost)?;
+        Ok(Connection {
+            reader,
+            buf,
+            instance,
+        })
+    }
+
+    fn read_handshake<T: serde::de::DeserializeOwned>(
+        &self,
+        reader: &mut BufReader<TcpStream>,
+        buf: &mut Vec<u8>,
+        what: &'static str,
+    ) -> Result<T, DialError> {
+        match wire::read_frame(reader, buf, wire::MAX_HANDSHAKE_FRAME) {
+            Ok(()) => {}
+            // Closed or silent: a daemon retiring or overloaded, or not a daemon at all.
+            Err(FrameError::Io(source)) => {
+                return Err(DialError::Busy(Error::ConnectionLost {
+                    name: self.name.clone(),
+                    source,
+                }));
+            }
+            Err(FrameError::Protocol(error)) => return Err(DialError::Stale(Error::Protocol(error))),
+        }
+        wire::decode(what, buf).map_err(|error| DialError::Stale(Error::Protocol(error)))
+    }
+}

@@ -1,0 +1,664 @@
+//! The daemon: hosts the one instance and serves authenticated clients on 127.0.0.1.
+//!
+//! Two threads, each with a single-threaded tokio runtime:
+//! - the **front** thread accepts connections, runs handshakes (with a deadline),
+//!   counts clients, and retires the daemon after the idle TTL or on `shutdown`;
+//! - the **instance** thread owns the instance (it is constructed there, so it need
+//!   not be `Send`) and every authenticated connection: it reads a request, runs the
+//!   method and writes the reply without any hop to another task or thread.
+//!
+//! A slow method therefore never delays a newcomer's handshake, and calls run one at a
+//! time (an async mutex, fair, in arrival order per connection).
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Notify, mpsc};
+
+use crate::error::{Error, RemoteError};
+use crate::runtime_dir::{self, Metadata, RuntimeDir, StartLock};
+use crate::service::{Dispatch, Fingerprint, Service};
+use crate::spawn::{self, Readiness, ReadySender};
+use crate::wire::{self, FrameError, Role, Secret};
+
+/// How a daemon runs: its name, where its files live, when it retires, and its limits.
+///
+/// Used by [`Service::serve`] to host a service yourself, and, through
+/// [`Builder`](crate::Builder), for daemons that clients start.
+///
+/// ```
+/// use std::time::Duration;
+/// use loopback_singleton::ServeOptions;
+///
+/// let options = ServeOptions::default()
+///     .name("my-cache")
+///     .idle_ttl(Some(Duration::from_secs(60)))
+///     .max_connections(256);
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeOptions {
+    pub(crate) name: Option<String>,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) idle_ttl: Option<Duration>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_frame: u32,
+    pub(crate) max_connections: u32,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            name: None,
+            dir: None,
+            idle_ttl: Some(Duration::from_secs(2)),
+            handshake_timeout: Duration::from_secs(5),
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            max_connections: 4096,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The singleton name (default: the service's `<crate>.<Type>`). Names the runtime
+    /// directory: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The base of the runtime directories (default: `$LOOPBACK_SINGLETON_DIR`, else
+    /// `$XDG_RUNTIME_DIR/loopback-singleton`, else `~/.cache/loopback-singleton`).
+    pub fn runtime_dir(mut self, base: impl Into<PathBuf>) -> Self {
+        self.dir = Some(base.into());
+        self
+    }
+
+    /// How long the daemon lives with no client connected (default 2 s); `None` keeps
+    /// it until `shutdown`.
+    pub fn idle_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// How long a new connection may take to authenticate (default 5 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The largest frame accepted, in bytes (default 64 MiB).
+    pub fn max_frame_size(mut self, bytes: u32) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// The most connections served at once (default 4096); further ones are closed.
+    pub fn max_connections(mut self, connections: u32) -> Self {
+        self.max_connections = connections;
+        self
+    }
+}
+
+/// Everything a spawned daemon needs, handed over in its environment.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Launch {
+    pub name: String,
+    pub base: PathBuf,
+    pub options: ServeOptions,
+    pub init: Vec<u8>,
+    pub init_description: String,
+}
+
+/// The pre-main hook emitted by `#[local_singleton]`: becomes the daemon of `S` if this
+/// process was launched as one, else returns and lets the program run.
+#[doc(hidden)]
+pub fn daemon_hook<S: Service>() {
+    let Some((launch, mut ready)) = spawn::take_launch(S::SERVICE_ID) else {
+        return;
+    };
+    let code = match launch {
+        Err(reason) => {
+            ready.send(&Readiness::Failed { reason });
+            1
+        }
+        Ok(launch) => match spawn::detach() {
+            Err(error) => {
+                ready.send(&Readiness::Failed {
+                    reason: format!("fork: {error}"),
+                });
+                1
+            }
+            Ok(()) => run_launched::<S>(launch, ready),
+        },
+    };
+    std::process::exit(code);
+}
+
+fn run_launched<S: Service>(launch: Launch, mut ready: ReadySender) -> i32 {
+    let dir = match RuntimeDir::open(&launch.base, &launch.name) {
+        Ok(dir) => dir,
+        Err(error) => {
+            ready.send(&Readiness::Failed {
+                reason: error.to_string(),
+            });
+            return 1;
+        }
+    };
+    spawn::daemon_stdio(&dir.log_path());
+    match run::<S>(&dir, launch, ready, None) {
+        Ok(()) => 0,
+        Err(error) => {
+            log(&format!("exiting on error: {error}"));
+            1
+        }
+    }
+}
+
+/// [`Service::serve`]: hosts `S` in this process until it retires.
+pub(crate) fn serve<S: Service>(init: S::Init, options: ServeOptions) -> Result<(), Error> {
+    let name = options.name.clone().unwrap_or_else(|| S::NAME.to_string());
+    let base = runtime_dir::base_dir(options.dir.as_deref())?;
+    let dir = RuntimeDir::open(&base, &name)?;
+    let lock = dir.lock(Duration::from_secs(10))?;
+    if let Ok(Some(metadata)) = dir.read_metadata() {
+        if runtime_dir::daemon_alive(&metadata) {
+            return Err(Error::StartFailed {
+                name,
+                reason: format!("a daemon already runs (pid {})", metadata.pid),
+            });
+        }
+    }
+    dir.remove_stale()?;
+    let launch = Launch {
+        name,
+        base,
+        options,
+        init: postcard::to_stdvec(&init).map_err(|error| Error::StartFailed {
+            name: S::NAME.into(),
+            reason: format!("init arguments do not encode: {error}"),
+        })?,
+        init_description: wire::describe(&init),
+    };
+    run::<S>(&dir, launch, ReadySender::none(), Some(lock))
+}
+
+/// State shared by the front and instance threads.
+struct Shared {
+    name: String,
+    pid: u32,
+    instance: u64,
+    port: AtomicU32,
+    started: Instant,
+    schema: Fingerprint,
+    init: Fingerprint,
+    init_description: String,
+    options: ServeOptions,
+    connections: AtomicU32,
+    calls_served: AtomicU64,
+    shutting_down: AtomicBool,
+    /// Wakes the front thread: a connection closed, or shutdown was asked for.
+    wake_front: Notify,
+}
+
+/// What the front thread hands the instance thread.
+enum ToInstance {
+    Connection(std::net::TcpStream),
+    Retire,
+}
+
+fn run<S: Service>(dir: &RuntimeDir, launch: Launch, mut ready: ReadySender, lock: Option<StartLock>) -> Result<(), Error> {
+    raise_fd_limit();
+    let fail = |ready: &mut ReadySender, reason: String| {
+        log(&format!("start failed: {reason}"));
+        ready.send(&Readiness::Failed { reason: reason.clone() });
+        Error::StartFailed {
+            name: launch.name.clone(),
+            reason,
+        }
+    };
+
+    let listener = match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)) {
+        Ok(listener) => listener,
+        Err(error) => return Err(fail(&mut ready, format!("binding 127.0.0.1: {error}"))),
+    };
+    let port = listener.local_addr().map(|addr| addr.port()).unwrap_or(0);
+    let shared = Arc::new(Shared {
+        name: launch.name.clone(),
+        pid: std::process::id(),
+        instance: u64::from_le_bytes(wire::random_bytes()),
+        port: AtomicU32::new(u32::from(port)),
+        started: Instant::now(),
+        schema: S::SCHEMA,
+        init: wire::init_fingerprint(&launch.init),
+        init_description: launch.init_description.clone(),
+        options: launch.options.clone(),
+        connections: AtomicU32::new(0),
+        calls_served: AtomicU64::new(0),
+        shutting_down: AtomicBool::new(false),
+        wake_front: Notify::new(),
+    });
+
+    // The instance is built on its own thread, which keeps it for life.
+    let (to_instance, from_front) = mpsc::unbounded_channel();
+    let (built_tx, built_rx) = std::sync::mpsc::channel();
+    let instance_thread = {
+        let shared = Arc::clone(&shared);
+        let init = launch.init;
+        std::thread::Builder::new()
+            .name("loopback-singleton-instance".into())
+            .spawn(move || instance_thread::<S>(init, built_tx, from_front, shared))
+            .map_err(|error| fail(&mut ready, format!("spawning the instance thread: {error}")))?
+    };
+    match built_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            let _ = instance_thread.join();
+            return Err(fail(&mut ready, reason));
+        }
+        Err(_) => return Err(fail(&mut ready, "the instance thread died".into())),
+    }
+
+    let secret: Secret = wire::random_bytes();
+    let metadata = Metadata {
+        port,
+        pid: shared.pid,
+        start_time: runtime_dir::process_start_time(shared.pid).unwrap_or(0),
+        instance: shared.instance,
+        service: S::SERVICE_ID.to_string(),
+        schema: S::SCHEMA,
+        init: shared.init,
+        init_description: shared.init_description.clone(),
+        protocol: wire::PROTOCOL_VERSION,
+        crate_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    if let Err(error) = dir.write_secret(&secret).and_then(|()| dir.write_metadata(&metadata)) {
+        let _ = to_instance.send(ToInstance::Retire);
+        let _ = instance_thread.join();
+        return Err(fail(&mut ready, error.to_string()));
+    }
+    log(&format!(
+        "serving `{}` (pid {}, instance {:016x}) on 127.0.0.1:{port}",
+        shared.name, shared.pid, shared.instance
+    ));
+    ready.send(&Readiness::Ready {
+        port,
+        pid: shared.pid,
+        instance: shared.instance,
+    });
+    drop(lock);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::io("building the daemon runtime", error))?;
+    let why = runtime.block_on(front::<S>(listener, Arc::clone(&shared), secret, to_instance.clone()));
+    log(&format!("retiring: {why}"));
+    // Unpublish first, so that newcomers start a successor instead of finding us.
+    dir.retire(shared.instance);
+    drop(runtime);
+    let _ = to_instance.send(ToInstance::Retire);
+    let _ = instance_thread.join();
+    log("instance dropped; exiting");
+    Ok(())
+}
+
+/// Accepts, authenticates and counts connections until the daemon retires; says why.
+async fn front<S: Service>(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    secret: Secret,
+    to_instance: mpsc::UnboundedSender<ToInstance>,
+) -> &'static str {
+    let listener = match listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener)) {
+        Ok(listener) => listener,
+        Err(_) => return "cannot register the listener",
+    };
+    let mut idle_since = Instant::now();
+    loop {
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return "shutdown requested";
+        }
+        let connections = shared.connections.load(Ordering::Acquire);
+        if connections > 0 {
+            idle_since = Instant::now();
+        }
+        let idle_deadline = match shared.options.idle_ttl {
+            Some(ttl) if connections == 0 => Some(tokio::time::Instant::from_std(idle_since + ttl)),
+            _ => None,
+        };
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if shared.connections.load(Ordering::Acquire) >= shared.options.max_connections {
+                        log("connection refused: max_connections reached");
+                        continue;
+                    }
+                    shared.connections.fetch_add(1, Ordering::AcqRel);
+                    tokio::spawn(admit(stream, Arc::clone(&shared), secret, to_instance.clone()));
+                }
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    log(&format!("accept failed: {error}"));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            () = shared.wake_front.notified() => {}
+            () = sleep_until_opt(idle_deadline) => {
+                if shared.connections.load(Ordering::Acquire) == 0 {
+                    return "idle TTL elapsed with no client connected";
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the handshake under its deadline; hands an authenticated connection over.
+async fn admit(mut stream: TcpStream, shared: Arc<Shared>, secret: Secret, to_instance: mpsc::UnboundedSender<ToInstance>) {
+    let _ = stream.set_nodelay(true);
+    let outcome = tokio::time::timeout(shared.options.handshake_timeout, handshake(&mut stream, &shared, &secret)).await;
+    if let Ok(Ok(())) = outcome {
+        if let Ok(stream) = stream.into_std() {
+            if to_instance.send(ToInstance::Connection(stream)).is_ok() {
+                return;
+            }
+        }
+    }
+    connection_closed(&shared);
+}
+
+fn connection_closed(shared: &Shared) {
+    shared.connections.fetch_sub(1, Ordering::AcqRel);
+    shared.wake_front.notify_one();
+}
+
+/// The daemon's side of the mutual handshake (see [`crate::wire`]). Any failure closes
+/// the connection without a word: an unauthenticated peer learns nothing.
+async fn handshake(stream: &mut TcpStream, shared: &Shared, secret: &Secret) -> Result<(), ()> {
+    let mut buf = Vec::new();
+    wire::read_frame_async(stream, &mut buf, wire::MAX_HANDSHAKE_FRAME)
+        .await
+        .map_err(drop)?;
+    let hello: wire::Hello = wire::decode("hello", &buf).map_err(drop)?;
+    if hello.magic != wire::MAGIC {
+        return Err(());
+    }
+    let nonce = wire::random_bytes();
+    let challenge = wire::Challenge {
+        magic: wire::MAGIC,
+        version: wire::PROTOCOL_VERSION,
+        nonce,
+        proof: *wire::proof(secret, Role::Daemon, &hello.nonce, &nonce).as_bytes(),
+    };
+    write_message(stream, &challenge, &mut buf).await?;
+    if hello.version != wire::PROTOCOL_VERSION {
+        // The client reads our version from the challenge and reports the mismatch.
+        return Err(());
+    }
+    wire::read_frame_async(stream, &mut buf, wire::MAX_HANDSHAKE_FRAME)
+        .await
+        .map_err(drop)?;
+    let auth: wire::Auth = wire::decode("auth", &buf).map_err(drop)?;
+    if !wire::verify(secret, Role::Client, &hello.nonce, &nonce, &auth.proof) {
+        log("handshake refused: bad client proof");
+        return Err(());
+    }
+    let verdict = if shared.shutting_down.load(Ordering::Acquire) {
+        wire::Verdict::Rejected(wire::Rejection::ShuttingDown)
+    } else if auth.schema != shared.schema {
+        wire::Verdict::Rejected(wire::Rejection::Schema { daemon: shared.schema })
+    } else if auth.init.is_some_and(|init| init != shared.init) {
+        wire::Verdict::Rejected(wire::Rejection::Init {
+            running: shared.init_description.clone(),
+        })
+    } else {
+        wire::Verdict::Welcome {
+            pid: shared.pid,
+            instance: shared.instance,
+        }
+    };
+    let welcomed = matches!(verdict, wire::Verdict::Welcome { .. });
+    write_message(stream, &verdict, &mut buf).await?;
+    if welcomed { Ok(()) } else { Err(()) }
+}
+
+async fn write_message<T: Serialize>(stream: &mut TcpStream, message: &T, buf: &mut Vec<u8>) -> Result<(), ()> {
+    wire::encode_frame(message, buf);
+    stream.write_all(buf).await.map_err(drop)
+}
+
+/// The instance thread: builds the instance, reports, then serves connections until
+/// told to retire; drops the instance last (after any call in flight), so that a
+/// service can persist its state in `Drop`.
+fn instance_thread<S: Service>(
+    init: Vec<u8>,
+    built: std::sync::mpsc::Sender<Result<(), String>>,
+    mut from_front: mpsc::UnboundedReceiver<ToInstance>,
+    shared: Arc<Shared>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = built.send(Err(format!("building the instance runtime: {error}")));
+            return;
+        }
+    };
+    let init: S::Init = match postcard::from_bytes(&init) {
+        Ok(init) => init,
+        Err(error) => {
+            let _ = built.send(Err(format!("decoding the init arguments: {error}")));
+            return;
+        }
+    };
+    let instance = match catch_unwind(AssertUnwindSafe(|| S::construct(init))) {
+        Ok(instance) => instance,
+        Err(panic) => {
+            let _ = built.send(Err(format!("the constructor panicked: {}", panic_message(&*panic))));
+            return;
+        }
+    };
+    let _ = built.send(Ok(()));
+    let instance = Rc::new(Mutex::new(Some(instance)));
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        while let Some(ToInstance::Connection(stream)) = from_front.recv().await {
+            tokio::task::spawn_local(serve_connection(stream, Rc::clone(&instance), Arc::clone(&shared)));
+        }
+        // Waits for the call in flight, if any; later calls find no instance.
+        let dropped = instance.lock().await.take();
+        drop(dropped);
+    });
+}
+
+/// Per-connection buffers, reused across calls.
+struct Buffers {
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl Buffers {
+    /// Keeps one huge payload from pinning its memory for the connection's lifetime.
+    fn trim(&mut self) {
+        const KEEP: usize = 64 << 10;
+        for buf in [&mut self.input, &mut self.output] {
+            if buf.capacity() > 16 * KEEP {
+                *buf = Vec::with_capacity(KEEP);
+            }
+        }
+    }
+}
+
+async fn serve_connection<S: Service>(stream: std::net::TcpStream, instance: Rc<Mutex<Option<S>>>, shared: Arc<Shared>) {
+    if let Ok(stream) = TcpStream::from_std(stream) {
+        let _ = connection_loop(stream, &instance, &shared).await;
+    }
+    connection_closed(&shared);
+}
+
+async fn connection_loop<S: Service>(mut stream: TcpStream, instance: &Mutex<Option<S>>, shared: &Shared) -> Result<(), ()> {
+    let (reader, mut writer) = stream.split();
+    let mut reader = BufReader::with_capacity(64 << 10, reader);
+    let buffers = RefCell::new(Buffers {
+        input: Vec::with_capacity(4096),
+        output: Vec::with_capacity(4096),
+    });
+    loop {
+        let mut guard = buffers.borrow_mut();
+        let Buffers { input, output } = &mut *guard;
+        match wire::read_frame_async(&mut reader, input, shared.options.max_frame).await {
+            Ok(()) => {}
+            Err(FrameError::Io(_)) => return Ok(()),
+            Err(FrameError::Protocol(error)) => {
+                log(&format!("closing a connection: {error}"));
+                return Err(());
+            }
+        }
+        let Ok((id, kind, body)) = wire::split_header("request", input) else {
+            log("closing a connection: malformed request header");
+            return Err(());
+        };
+        match kind {
+            wire::KIND_CALL => run_call(instance, shared, id, body, output).await,
+            wire::KIND_PING => {
+                wire::begin_message(output, id, wire::STATUS_OK);
+                let info = daemon_info(shared);
+                postcard::to_io(&info, &mut *output).expect("encoding into a Vec cannot fail");
+            }
+            wire::KIND_SHUTDOWN => {
+                log("shutdown requested by a client");
+                shared.shutting_down.store(true, Ordering::Release);
+                shared.wake_front.notify_one();
+                wire::begin_message(output, id, wire::STATUS_OK);
+            }
+            other => {
+                log(&format!("closing a connection: unknown request kind {other}"));
+                return Err(());
+            }
+        }
+        wire::finish_frame(output);
+        writer.write_all(output).await.map_err(drop)?;
+        guard.trim();
+    }
+}
+
+/// Runs one call on the instance and leaves the complete reply (minus its length) in
+/// `output`: the method's encoded return value, or the reason it has none.
+async fn run_call<S: Service>(instance: &Mutex<Option<S>>, shared: &Shared, id: u64, body: &[u8], output: &mut Vec<u8>) {
+    let status_at = wire::begin_message(output, id, wire::STATUS_OK);
+    let fault = match postcard::from_bytes::<S::Request>(body) {
+        Err(error) => Some(RemoteError::BadRequest {
+            message: error.to_string(),
+        }),
+        Ok(request) => {
+            let mut guard = instance.lock().await;
+            match guard.as_mut() {
+                None => Some(RemoteError::ShuttingDown),
+                Some(service) => {
+                    shared.calls_served.fetch_add(1, Ordering::Relaxed);
+                    let out = &mut *output;
+                    let outcome = match catch_unwind(AssertUnwindSafe(move || service.dispatch(request, out))) {
+                        Ok(Dispatch::Ready(result)) => Ok(result),
+                        Ok(Dispatch::Pending(future)) => CatchUnwind(future).await,
+                        Err(panic) => Err(panic),
+                    };
+                    match outcome {
+                        Ok(Ok(())) => None,
+                        Ok(Err(error)) => Some(RemoteError::BadReply {
+                            message: error.to_string(),
+                        }),
+                        Err(panic) => Some(RemoteError::Panic {
+                            message: panic_message(&*panic),
+                        }),
+                    }
+                }
+            }
+        }
+    };
+    if let Some(fault) = fault {
+        output.truncate(status_at + 1);
+        output[status_at] = wire::STATUS_ERR;
+        postcard::to_io(&fault, &mut *output).expect("encoding into a Vec cannot fail");
+    }
+}
+
+fn daemon_info(shared: &Shared) -> wire::DaemonInfo {
+    wire::DaemonInfo {
+        pid: shared.pid,
+        instance: shared.instance,
+        port: shared.port.load(Ordering::Relaxed) as u16,
+        uptime: shared.started.elapsed(),
+        calls_served: shared.calls_served.load(Ordering::Relaxed),
+        clients: shared.connections.load(Ordering::Relaxed),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Polls a future, turning a panic inside it into an error (for `async fn` methods).
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_string()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}
+
+/// A line in the daemon's log (its stderr is the log file).
+fn log(message: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!("[{}.{:03} pid {}] {message}", now.as_secs(), now.subsec_millis(), std::process::id());
+}
+
+/// Lifts the soft open-file limit to the hard one, so the daemon can hold many clients.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    }
+}

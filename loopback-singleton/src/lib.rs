@@ -1,0 +1,28 @@
+#![doc = include_str!("../../README.md")]
+#![warn(missing_docs)]
+
+mod client;
+mod daemon;
+mod error;
+mod runtime_dir;
+mod service;
+mod spawn;
+mod wire;
+
+pub use client::{Builder, Client};
+pub use daemon::ServeOptions;
+pub use error::{Error, ProtocolError, RemoteError};
+pub use loopback_singleton_macros::local_singleton;
+pub use service::{Dispatch, Fingerprint, Service};
+pub use wire::DaemonInfo;
+
+/// What generated code reaches through one path, so that a user's `Cargo.toml` needs
+/// `loopback-singleton` only. Not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use ctor;
+    pub use serde;
+
+    pub use crate::daemon::daemon_hook;
+    pub use crate::service::encode_reply;
+}

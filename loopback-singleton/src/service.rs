@@ -1,0 +1,106 @@
+//! The contract between `#[local_singleton]`'s generated code and the runtime.
+//!
+//! Users never implement [`Service`] by hand: the macro does, for the type of the
+//! annotated `impl` block. The trait is public so that generic code (the daemon, the
+//! client, [`Builder`](crate::Builder)) can name it, and so that a user can host a
+//! service in a process of their own with [`Service::serve`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+
+/// A compile-time hash of a service's name and method signatures.
+///
+/// Client and daemon compare fingerprints in the handshake: postcard is positional, so a
+/// client built from another version of the service would otherwise misread the bytes.
+pub type Fingerprint = u64;
+
+/// A type whose one instance is hosted by a loopback-singleton daemon.
+///
+/// Implemented by `#[local_singleton]`; see the crate documentation for an example.
+pub trait Service: Sized + 'static {
+    /// The generated request enum: one variant per public method.
+    type Request: DeserializeOwned;
+    /// The `#[init]` constructor's arguments, owned: `()` for none, the value itself
+    /// for one, a tuple for several.
+    type Init: Serialize + DeserializeOwned;
+    /// The generated typed client (`<Type>Client`).
+    type Client: From<crate::Client<Self>>;
+
+    /// The default singleton name: `<crate>.<Type>` unless `#[local_singleton(name = "...")]`
+    /// says otherwise. Names the runtime directory.
+    const NAME: &'static str;
+    /// Identifies the service inside an executable (`<module path>::<Type>`): the daemon
+    /// marker names it so that the right pre-main hook takes over a re-executed process.
+    const SERVICE_ID: &'static str;
+    /// The schema fingerprint (see [`Fingerprint`]).
+    const SCHEMA: Fingerprint;
+
+    /// Builds the one instance inside the daemon (the `#[init]` constructor, or `Default`).
+    fn construct(init: Self::Init) -> Self;
+
+    /// Runs one request on the instance and encodes the method's return value into `out`.
+    fn dispatch<'a>(&'a mut self, request: Self::Request, out: &'a mut Vec<u8>) -> Dispatch<'a>;
+
+    /// Hosts the service in the calling process, blocking until the daemon retires
+    /// (idle TTL or [`shutdown`](crate::Client::shutdown)).
+    ///
+    /// Use this to run the daemon under a process supervisor of your own instead of
+    /// letting the first client auto-start it. Clients find it through the runtime
+    /// directory exactly as they would find an auto-started one.
+    ///
+    /// ```no_run
+    /// use loopback_singleton::{local_singleton, Service, ServeOptions};
+    ///
+    /// #[derive(Default)]
+    /// pub struct Counter { value: u64 }
+    ///
+    /// #[local_singleton]
+    /// impl Counter {
+    ///     pub fn inc(&mut self) -> u64 { self.value += 1; self.value }
+    /// }
+    ///
+    /// fn main() -> Result<(), loopback_singleton::Error> {
+    ///     Counter::serve((), ServeOptions::default())
+    /// }
+    /// ```
+    fn serve(init: Self::Init, options: crate::ServeOptions) -> Result<(), Error> {
+        crate::daemon::serve::<Self>(init, options)
+    }
+}
+
+/// What [`Service::dispatch`] returns: the reply already encoded, or a future (for an
+/// `async fn` method) that encodes it when it completes.
+pub enum Dispatch<'a> {
+    /// The method ran; its reply is in the output buffer.
+    Ready(Result<(), postcard::Error>),
+    /// An `async fn` method: the daemon awaits it, still holding the instance.
+    Pending(Pin<Box<dyn Future<Output = Result<(), postcard::Error>> + 'a>>),
+}
+
+impl<'a> Dispatch<'a> {
+    /// Encodes a synchronous method's return value.
+    #[doc(hidden)]
+    pub fn ready<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Dispatch<'a> {
+        Dispatch::Ready(encode_reply(value, out))
+    }
+
+    /// Wraps an `async fn` method's future.
+    #[doc(hidden)]
+    pub fn pending<F>(future: F) -> Dispatch<'a>
+    where
+        F: Future<Output = Result<(), postcard::Error>> + 'a,
+    {
+        Dispatch::Pending(Box::pin(future))
+    }
+}
+
+/// Appends the postcard encoding of a return value to the reply buffer.
+#[doc(hidden)]
+pub fn encode_reply<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    postcard::to_io(value, out).map(|_| ())
+}

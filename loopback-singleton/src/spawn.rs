@@ -1,0 +1,346 @@
+//! Starting a daemon: re-executing an executable with an environment marker, detaching
+//! it, and the readiness pipe through which it reports `Ready` or `Failed`.
+//!
+//! The marker is an environment variable, never argv: a `cargo test` binary reads argv
+//! as test filters. The re-executed process sees the marker in a pre-main hook emitted
+//! by `#[local_singleton]`, forks (the client reaps the short-lived parent, so no zombie
+//! is left behind), and the child becomes the daemon in a new session with its stdio
+//! on `/dev/null` and the log file. It never returns to the program's `main`.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::Launch;
+
+/// Names the service a re-executed process must become the daemon of.
+pub(crate) const MARKER_ENV: &str = "LOOPBACK_SINGLETON_DAEMON";
+/// Carries the hex-encoded [`Launch`] (name, options, init arguments).
+pub(crate) const LAUNCH_ENV: &str = "LOOPBACK_SINGLETON_LAUNCH";
+/// Makes `connect` fail with `Error::NotRunning` instead of spawning a daemon.
+pub(crate) const NO_SPAWN_ENV: &str = "LOOPBACK_SINGLETON_NO_SPAWN";
+/// Jobserver variables: a daemon that keeps a `make`/`cargo` jobserver's fds or
+/// tokens would hold up the build that started it.
+const JOBSERVER_ENV: [&str; 3] = ["MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS"];
+/// The file descriptor of the readiness pipe in the daemon.
+#[cfg(unix)]
+const READY_FD: i32 = 3;
+
+/// Set once this process has become a daemon: a daemon never spawns another.
+static IN_DAEMON: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn in_daemon_mode() -> bool {
+    IN_DAEMON.load(Ordering::Relaxed)
+}
+
+pub(crate) fn spawn_disabled() -> bool {
+    std::env::var_os(NO_SPAWN_ENV).is_some_and(|value| !value.is_empty() && value != "0")
+}
+
+/// What a daemon reports over the readiness pipe, once.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Readiness {
+    Ready { port: u16, pid: u32, instance: u64 },
+    Failed { reason: String },
+}
+
+/// Why a spawn did not produce a ready daemon.
+#[derive(Debug)]
+pub(crate) enum SpawnError {
+    /// The daemon said why, or exited without saying.
+    Failed(String),
+    /// No word within the start timeout.
+    TimedOut,
+}
+
+/// Starts `exe` as the daemon of `service_id` and waits for its readiness report.
+#[cfg(unix)]
+pub(crate) fn spawn_daemon(
+    exe: &Path,
+    service_id: &str,
+    launch: &Launch,
+    cwd: &Path,
+    timeout: Duration,
+) -> Result<(u16, u32, u64), SpawnError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
+    let failed = |what: &str, error: io::Error| SpawnError::Failed(format!("{what}: {error}"));
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints; O_CLOEXEC keeps the pipe out of every
+    // other child this process spawns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(failed("creating the readiness pipe", io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 just returned these two fresh descriptors; each is owned once.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let write_fd = write_end.as_raw_fd();
+
+    let mut command = Command::new(exe);
+    command
+        .env(MARKER_ENV, service_id)
+        .env(LAUNCH_ENV, hex_encode(&postcard::to_stdvec(launch).expect("launch encodes")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir(cwd);
+    for name in JOBSERVER_ENV {
+        command.env_remove(name);
+    }
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // system calls (setsid, dup2, fcntl, close_range) on plain integers.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if write_fd == READY_FD {
+                if libc::fcntl(READY_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(write_fd, READY_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Any other inherited descriptor is closed at exec (marked close-on-exec
+            // rather than closed, so std's own exec-error pipe keeps working).
+            #[cfg(target_os = "linux")]
+            libc::syscall(libc::SYS_close_range, READY_FD + 1, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut intermediate = command
+        .spawn()
+        .map_err(|error| failed(&format!("spawning {}", exe.display()), error))?;
+    drop(write_end);
+    // The re-executed process forks the daemon and exits at once: reap it.
+    let status = intermediate
+        .wait()
+        .map_err(|error| failed("waiting for the launcher process", error))?;
+    if !status.success() {
+        return Err(SpawnError::Failed(format!("the launcher process exited with {status}")));
+    }
+
+    match read_readiness(File::from(read_end), timeout)? {
+        Readiness::Ready { port, pid, instance } => Ok((port, pid, instance)),
+        Readiness::Failed { reason } => Err(SpawnError::Failed(reason)),
+    }
+}
+
+#[cfg(not(unix))]
+pub(crate) fn spawn_daemon(
+    _exe: &Path,
+    _service_id: &str,
+    _launch: &Launch,
+    _cwd: &Path,
+    _timeout: Duration,
+) -> Result<(u16, u32, u64), SpawnError> {
+    Err(SpawnError::Failed(
+        "auto-start is implemented for Unix only; host the service with `Service::serve`".into(),
+    ))
+}
+
+/// Reads the one readiness frame, or EOF (the daemon died first), within `timeout`.
+#[cfg(unix)]
+fn read_readiness(mut pipe: File, timeout: Duration) -> Result<Readiness, SpawnError> {
+    use std::os::fd::AsRawFd;
+
+    let deadline = Instant::now() + timeout;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(readiness) = parse_readiness(&received)? {
+            return Ok(readiness);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(SpawnError::TimedOut);
+        }
+        let mut poll = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = remaining.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, count 1.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(SpawnError::Failed(format!("waiting for readiness: {error}")));
+        }
+        if ready == 0 {
+            continue;
+        }
+        match pipe.read(&mut chunk) {
+            Ok(0) => {
+                return Err(SpawnError::Failed(
+                    "the daemon exited before reporting readiness (see daemon.log in the runtime directory)".into(),
+                ));
+            }
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(SpawnError::Failed(format!("reading readiness: {error}"))),
+        }
+    }
+}
+
+fn parse_readiness(received: &[u8]) -> Result<Option<Readiness>, SpawnError> {
+    if received.len() < 4 {
+        return Ok(None);
+    }
+    let len = crate::wire::check_len(received[..4].try_into().expect("4 bytes"), crate::wire::MAX_HANDSHAKE_FRAME)
+        .map_err(|error| SpawnError::Failed(format!("bad readiness report: {error}")))?;
+    if received.len() < 4 + len {
+        return Ok(None);
+    }
+    crate::wire::decode("readiness report", &received[4..4 + len])
+        .map(Some)
+        .map_err(|error| SpawnError::Failed(error.to_string()))
+}
+
+/// The daemon's end of the readiness pipe. Reports once; dropping it unreported closes
+/// the pipe, which the client reads as "died before ready".
+pub(crate) struct ReadySender {
+    pipe: Option<File>,
+}
+
+impl ReadySender {
+    /// No pipe: a self-hosted daemon ([`Service::serve`](crate::Service::serve)).
+    pub(crate) fn none() -> Self {
+        ReadySender { pipe: None }
+    }
+
+    pub(crate) fn send(&mut self, readiness: &Readiness) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let mut frame = Vec::new();
+            crate::wire::encode_frame(readiness, &mut frame);
+            // The client may have given up already; nothing to do about that.
+            let _ = pipe.write_all(&frame);
+        }
+    }
+}
+
+/// If this process was launched as the daemon of `service_id`, takes the launch
+/// description out of the environment (so nothing this daemon spawns inherits it),
+/// marks the process as a daemon, and returns the description and the readiness pipe.
+///
+/// Runs before `main`, while the process is single-threaded.
+pub(crate) fn take_launch(service_id: &str) -> Option<(Result<Launch, String>, ReadySender)> {
+    if std::env::var_os(MARKER_ENV)? != service_id {
+        return None;
+    }
+    let launch = std::env::var(LAUNCH_ENV)
+        .map_err(|error| format!("{LAUNCH_ENV}: {error}"))
+        .and_then(|hex| hex_decode(&hex).ok_or_else(|| format!("{LAUNCH_ENV} is not hex")))
+        .and_then(|bytes| postcard::from_bytes(&bytes).map_err(|error| format!("{LAUNCH_ENV}: {error}")));
+    // SAFETY: this runs in a pre-main hook, before any other thread exists.
+    unsafe {
+        std::env::remove_var(MARKER_ENV);
+        std::env::remove_var(LAUNCH_ENV);
+    }
+    IN_DAEMON.store(true, Ordering::Relaxed);
+    Some((launch, ready_pipe()))
+}
+
+#[cfg(unix)]
+fn ready_pipe() -> ReadySender {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl F_GETFD only inspects the descriptor.
+    let open = unsafe { libc::fcntl(READY_FD, libc::F_GETFD) } >= 0;
+    // SAFETY: the launcher put the pipe's write end at READY_FD and nothing else in
+    // this fresh process owns it. Mark it close-on-exec for what the service spawns.
+    let pipe = open.then(|| unsafe {
+        libc::fcntl(READY_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        File::from_raw_fd(READY_FD)
+    });
+    ReadySender { pipe }
+}
+
+#[cfg(not(unix))]
+fn ready_pipe() -> ReadySender {
+    ReadySender::none()
+}
+
+/// Leaves the launcher process: forks, the parent exits at once (the client reaps it),
+/// and the child, already in its own session, carries on as the daemon.
+#[cfg(unix)]
+pub(crate) fn detach() -> io::Result<()> {
+    // SAFETY: called before main while single-threaded; the parent only calls _exit.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(()),
+        _ => unsafe { libc::_exit(0) },
+    }
+}
+
+/// Points stdout and stderr at the log file and ignores SIGPIPE, so that a vanished
+/// client never kills the daemon (std sets that up in `main`, which a daemon started
+/// before `main` never reaches).
+#[cfg(unix)]
+pub(crate) fn daemon_stdio(log: &Path) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setting a signal disposition to SIG_IGN is always sound.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    if let Ok(file) = crate::runtime_dir::open_log(log) {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        unsafe {
+            libc::dup2(file.as_raw_fd(), 1);
+            libc::dup2(file.as_raw_fd(), 2);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+pub(crate) fn detach() -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub(crate) fn daemon_stdio(_log: &Path) {}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(hex_decode(&hex_encode(&bytes)).unwrap(), bytes);
+        assert!(hex_decode("abc").is_none());
+        assert!(hex_decode("zz").is_none());
+    }
+
+    #[test]
+    fn readiness_parses_only_whole_frames() {
+        let mut frame = Vec::new();
+        crate::wire::encode_frame(&Readiness::Failed { reason: "boom".into() }, &mut frame);
+        assert!(matches!(parse_readiness(&frame[..frame.len() - 1]), Ok(None)));
+        match parse_readiness(&frame) {
+            Ok(Some(Readiness::Failed { reason })) => assert_eq!(reason, "boom"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
