@@ -1,0 +1,45 @@
+//! A client process for the integration tests: each run is one real process talking to
+//! the shared daemon, as a user's programs would.
+//!
+//! ```text
+//! suite-client inc START COUNT      # connect(START), COUNT x inc(); prints "pid=P last=V"
+//! suite-client get START            # prints "pid=P value=V"
+//! suite-client fragile EXPLODE      # connect Fragile; prints "ok" or the error
+//! ```
+//! The singleton name comes from `SUITE_NAME`, the runtime dir from
+//! `LOOPBACK_SINGLETON_DIR`. Errors go to stderr with exit status 1.
+
+use loopback_singleton_suite::{CounterClient, FragileClient};
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), loopback_singleton::Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = std::env::var("SUITE_NAME").expect("SUITE_NAME names the singleton");
+    let number = |i: usize| -> u64 { args[i].parse().expect("a number") };
+    match args.first().map(String::as_str) {
+        Some("inc") => {
+            let counter = CounterClient::builder().name(name).connect(number(1))?;
+            let mut last = 0;
+            for _ in 0..number(2) {
+                last = counter.inc()?;
+            }
+            println!("pid={} last={last}", counter.pid()?);
+        }
+        Some("get") => {
+            let counter = CounterClient::builder().name(name).connect(number(1))?;
+            println!("pid={} value={}", counter.pid()?, counter.get()?);
+        }
+        Some("fragile") => {
+            let fragile = FragileClient::builder().name(name).connect(args[1] == "true")?;
+            println!("{}", fragile.hello()?);
+        }
+        other => panic!("unknown command {other:?}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Services shared by the integration tests (`tests/`) and their helper binary
+//! (`src/bin/suite-client.rs`). Not published.
+//!
+//! Defining them in a library also checks that a service defined in one crate and used
+//! from another still auto-starts: the daemon hook travels with the library.
+
+use std::time::Duration;
+
+use loopback_singleton::local_singleton;
+use serde::{Deserialize, Serialize};
+
+/// A counter with every kind of method the tests need.
+pub struct Counter {
+    value: u64,
+}
+
+/// The error of [`Counter::checked_sub`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterError {
+    /// Subtracting would go below zero.
+    Underflow {
+        /// The value at the time.
+        value: u64,
+    },
+}
+
+#[local_singleton(name = "suite-counter")]
+impl Counter {
+    /// Starts at `start`.
+    #[init]
+    pub fn new(start: u64) -> Self {
+        Counter { value: start }
+    }
+
+    /// Adds one.
+    pub fn inc(&mut self) -> u64 {
+        self.value += 1;
+        self.value
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.value
+    }
+
+    /// Adds every element.
+    pub fn add_all(&mut self, xs: &[u64]) -> u64 {
+        self.value += xs.iter().sum::<u64>();
+        self.value
+    }
+
+    /// A typed application error, apart from transport errors.
+    pub fn checked_sub(&mut self, n: u64) -> Result<u64, CounterError> {
+        match self.value.checked_sub(n) {
+            Some(value) => {
+                self.value = value;
+                Ok(value)
+            }
+            None => Err(CounterError::Underflow { value: self.value }),
+        }
+    }
+
+    /// Panics with `message`: the caller gets a remote error, the daemon lives on.
+    pub fn explode(&self, message: &str) -> u64 {
+        panic!("{message}")
+    }
+
+    /// Sleeps, then adds one (an in-flight call for shutdown tests).
+    pub async fn slow_inc(&mut self, millis: u64) -> u64 {
+        // The daemon runs methods inside a tokio runtime, so tokio's timers work here.
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        self.value += 1;
+        self.value
+    }
+
+    /// Returns its argument (payload tests).
+    pub fn echo(&self, bytes: Vec<u8>) -> Vec<u8> {
+        bytes
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+/// A service whose constructor can be told to panic.
+pub struct Fragile;
+
+#[local_singleton(name = "suite-fragile")]
+impl Fragile {
+    /// Panics when `explode` is set.
+    #[init]
+    pub fn new(explode: bool) -> Self {
+        if explode {
+            panic!("the constructor refused to start");
+        }
+        Fragile
+    }
+
+    /// Answers.
+    pub fn hello(&self) -> String {
+        "hello".to_string()
+    }
+}

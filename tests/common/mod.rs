@@ -1,0 +1,166 @@
+//! What every integration test shares: an isolated runtime directory and name, the
+//! helper client binary, and cleanup that stops every daemon the test started.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use loopback_singleton::Builder;
+use loopback_singleton::Service;
+
+/// One test's world: its own runtime base directory and singleton name. Dropping it
+/// kills every daemon recorded under that directory and removes the directory.
+pub struct TestEnv {
+    pub base: PathBuf,
+    pub name: String,
+}
+
+impl TestEnv {
+    pub fn new(test: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let base = std::env::temp_dir().join(format!("ls-test-{}-{seq}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        TestEnv {
+            base,
+            name: format!("{test}-{}-{seq}", std::process::id()),
+        }
+    }
+
+    /// A builder aimed at this test's directory and name, with a short idle TTL so
+    /// that even a daemon the cleanup misses retires by itself.
+    pub fn builder<S: Service>(&self) -> Builder<S> {
+        Builder::new()
+            .runtime_dir(&self.base)
+            .name(&self.name)
+            .idle_ttl(Duration::from_secs(3))
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.base.join(&self.name)
+    }
+
+    pub fn metadata_path(&self) -> PathBuf {
+        self.dir().join("metadata.json")
+    }
+
+    /// The pid recorded in the metadata file, if any.
+    pub fn recorded_pid(&self) -> Option<u32> {
+        recorded_pid(&self.metadata_path())
+    }
+
+    /// A `suite-client` process aimed at this test's directory and name.
+    pub fn client(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_suite-client"));
+        command
+            .args(args)
+            .env("LOOPBACK_SINGLETON_DIR", &self.base)
+            .env("SUITE_NAME", &self.name)
+            .env_remove("LOOPBACK_SINGLETON_NO_SPAWN");
+        command
+    }
+
+    /// Runs `suite-client` to completion (bounded), returning its output.
+    pub fn run_client(&self, args: &[&str]) -> Output {
+        output_within(self.client(args), Duration::from_secs(60))
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.base) {
+            for entry in entries.flatten() {
+                if let Some(pid) = recorded_pid(&entry.path().join("metadata.json")) {
+                    kill(pid);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+fn recorded_pid(metadata: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(metadata).ok()?;
+    let at = text.find("\"pid\":")? + "\"pid\":".len();
+    text[at..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// SIGKILLs `pid` and waits until it is gone.
+pub fn kill(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    wait_gone(pid, Duration::from_secs(10));
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rfind(')').map(|at| stat[at + 1..].trim_start().chars().next());
+            state != Some(Some('Z'))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone; returns whether it went within `limit`.
+pub fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// `Command::output()` with a bound: a process that does not finish in time is killed
+/// and the test fails instead of hanging CI.
+pub fn output_within(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning a client process");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("waiting for a client process"),
+        Err(_) => {
+            kill(pid);
+            panic!("client process {pid} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Parses `key=value` words of a client's stdout.
+pub fn field(output: &Output, key: &str) -> u64 {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "client failed: {}\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {stdout:?}"))
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,208 @@
+//! The daemon's life: start, reuse, mismatch, shutdown, idle retirement, crashes and
+//! stale state. Each test has its own runtime directory and name and stops what it
+//! starts. Clients here run inside this test binary, so the daemons they start are
+//! re-executions of a `cargo test` binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestEnv, alive, field, wait_gone};
+use loopback_singleton::{Error, RemoteError};
+use loopback_singleton_suite::{Counter, CounterClient, CounterError, Fragile, FragileClient};
+
+#[test]
+fn count_continues_across_processes_with_one_daemon() {
+    let env = TestEnv::new("continues");
+    let first = env.run_client(&["inc", "10", "5"]);
+    let second = env.run_client(&["inc", "10", "5"]);
+    assert_eq!(field(&first, "last"), 15);
+    assert_eq!(field(&second, "last"), 20, "the second process continues the count");
+    assert_eq!(field(&first, "pid"), field(&second, "pid"), "one daemon served both");
+}
+
+#[test]
+fn every_argument_form_and_typed_errors_work() {
+    let env = TestEnv::new("forms");
+    let counter: CounterClient = env.builder::<Counter>().connect(100).unwrap();
+    assert_eq!(counter.add_all(&[1, 2, 3]).unwrap(), 106);
+    assert_eq!(counter.slow_inc(20).unwrap(), 107);
+    assert_eq!(counter.echo(vec![1, 2, 3]).unwrap(), vec![1, 2, 3]);
+    assert_eq!(counter.checked_sub(7).unwrap(), Ok(100));
+    // The service's own error stays typed and apart from transport errors.
+    assert_eq!(
+        counter.checked_sub(1000).unwrap(),
+        Err(CounterError::Underflow { value: 100 })
+    );
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn one_client_serves_many_threads_exactly() {
+    let env = TestEnv::new("threads");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..250 {
+                    counter.inc().unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(counter.get().unwrap(), 1000);
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn init_mismatch_is_typed_and_leaves_the_daemon_alone() {
+    let env = TestEnv::new("mismatch");
+    let first: CounterClient = env.builder::<Counter>().connect(1).unwrap();
+    first.inc().unwrap();
+    match env.builder::<Counter>().connect(2) {
+        Err(Error::InitMismatch { wanted, running, .. }) => {
+            assert_eq!(wanted, "2");
+            assert_eq!(running, "1");
+        }
+        other => panic!("expected InitMismatch, got {other:?}"),
+    }
+    // The running daemon keeps serving its clients.
+    assert_eq!(first.inc().unwrap(), 3);
+    // `attach` accepts whatever runs.
+    let attached: CounterClient = env.builder::<Counter>().attach().connect(2).unwrap();
+    assert_eq!(attached.get().unwrap(), 3);
+    first.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_stops_the_daemon_and_the_next_connect_starts_a_new_one() {
+    let env = TestEnv::new("shutdown");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    counter.inc().unwrap();
+    let pid = counter.pid().unwrap();
+    counter.shutdown().unwrap();
+    assert!(!alive(pid), "shutdown returns once the daemon is gone");
+    assert!(!env.metadata_path().exists(), "the daemon removed its metadata");
+
+    let again: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_ne!(again.pid().unwrap(), pid);
+    assert_eq!(again.inc().unwrap(), 1, "a fresh instance");
+    again.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_lets_the_call_in_flight_finish() {
+    let env = TestEnv::new("inflight");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    let slow = counter.clone();
+    let in_flight = std::thread::spawn(move || slow.slow_inc(300));
+    std::thread::sleep(Duration::from_millis(100));
+    counter.shutdown().unwrap();
+    assert_eq!(in_flight.join().unwrap().unwrap(), 1);
+}
+
+#[test]
+fn a_panicking_method_is_a_remote_error_and_the_next_call_succeeds() {
+    let env = TestEnv::new("panic");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    match counter.explode("kaboom") {
+        Err(Error::Remote(RemoteError::Panic { message })) => assert_eq!(message, "kaboom"),
+        other => panic!("expected a remote panic, got {other:?}"),
+    }
+    assert_eq!(counter.inc().unwrap(), 1);
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn the_daemon_retires_after_the_idle_ttl() {
+    let env = TestEnv::new("idle");
+    let counter: CounterClient = env
+        .builder::<Counter>()
+        .idle_ttl(Duration::from_millis(300))
+        .connect(0)
+        .unwrap();
+    let pid = counter.pid().unwrap();
+    // Connected clients keep it alive beyond its TTL.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(alive(pid));
+    drop(counter);
+    assert!(wait_gone(pid, Duration::from_secs(10)), "the idle daemon exits by itself");
+    assert!(!env.metadata_path().exists());
+}
+
+#[test]
+fn a_killed_daemon_is_replaced_on_the_next_connect() {
+    let env = TestEnv::new("sigkill");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    counter.inc().unwrap();
+    let pid = counter.pid().unwrap();
+    common::kill(pid);
+
+    match counter.inc() {
+        Err(Error::ConnectionLost { .. }) => {}
+        other => panic!("expected ConnectionLost, got {other:?}"),
+    }
+    let fresh: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    let new_pid = fresh.pid().unwrap();
+    assert_ne!(new_pid, pid);
+    assert_eq!(fresh.inc().unwrap(), 1);
+    // The old client reconnects to the new daemon on its next call.
+    assert_eq!(counter.inc().unwrap(), 2);
+    assert_eq!(counter.pid().unwrap(), new_pid);
+    fresh.shutdown().unwrap();
+}
+
+#[test]
+fn garbage_metadata_is_stale_state_and_connect_recovers() {
+    let env = TestEnv::new("garbage");
+    for garbage in [&b""[..], b"{\"port\": 1", b"\x00\xff garbage \x17", b"{\"port\":1,\"pid\":1}"] {
+        let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+        let pid = counter.pid().unwrap();
+        counter.shutdown().unwrap();
+        assert!(!alive(pid));
+        std::fs::write(env.metadata_path(), garbage).unwrap();
+        let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+        assert_eq!(counter.inc().unwrap(), 1);
+        counter.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_panicking_constructor_fails_connect_fast_with_its_message() {
+    let env = TestEnv::new("ctorpanic");
+    let started = Instant::now();
+    let result = env
+        .builder::<Fragile>()
+        .start_timeout(Duration::from_secs(60))
+        .connect(true);
+    let waited = started.elapsed();
+    match result {
+        Err(Error::StartFailed { reason, .. }) => {
+            assert!(reason.contains("the constructor refused to start"), "{reason}")
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+    assert!(waited < Duration::from_secs(30), "failed from the readiness report, not the timeout");
+    assert!(!env.metadata_path().exists(), "no daemon was published");
+    // The name is free for a constructor that works.
+    let fragile: FragileClient = env.builder::<Fragile>().connect(false).unwrap();
+    assert_eq!(fragile.hello().unwrap(), "hello");
+    fragile.shutdown().unwrap();
+}
+
+#[test]
+fn no_spawn_switch_fails_instead_of_starting() {
+    let env = TestEnv::new("nospawn");
+    let output = common::output_within(
+        {
+            let mut command = env.client(&["get", "0"]);
+            command.env("LOOPBACK_SINGLETON_NO_SPAWN", "1");
+            command
+        },
+        Duration::from_secs(60),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("LOOPBACK_SINGLETON_NO_SPAWN"), "{stderr}");
+    assert!(!env.metadata_path().exists());
+}
