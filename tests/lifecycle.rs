@@ -17,8 +17,16 @@ fn count_continues_across_processes_with_one_daemon() {
     let first = env.run_client(&["inc", "10", "5"]);
     let second = env.run_client(&["inc", "10", "5"]);
     assert_eq!(field(&first, "last"), 15);
-    assert_eq!(field(&second, "last"), 20, "the second process continues the count");
-    assert_eq!(field(&first, "pid"), field(&second, "pid"), "one daemon served both");
+    assert_eq!(
+        field(&second, "last"),
+        20,
+        "the second process continues the count"
+    );
+    assert_eq!(
+        field(&first, "pid"),
+        field(&second, "pid"),
+        "one daemon served both"
+    );
 }
 
 #[test]
@@ -60,7 +68,9 @@ fn init_mismatch_is_typed_and_leaves_the_daemon_alone() {
     let first: CounterClient = env.builder::<Counter>().connect(1).unwrap();
     first.inc().unwrap();
     match env.builder::<Counter>().connect(2) {
-        Err(Error::InitMismatch { wanted, running, .. }) => {
+        Err(Error::InitMismatch {
+            wanted, running, ..
+        }) => {
             assert_eq!(wanted, "2");
             assert_eq!(running, "1");
         }
@@ -82,7 +92,10 @@ fn shutdown_stops_the_daemon_and_the_next_connect_starts_a_new_one() {
     let pid = counter.pid().unwrap();
     counter.shutdown().unwrap();
     assert!(!alive(pid), "shutdown returns once the daemon is gone");
-    assert!(!env.metadata_path().exists(), "the daemon removed its metadata");
+    assert!(
+        !env.metadata_path().exists(),
+        "the daemon removed its metadata"
+    );
 
     let again: CounterClient = env.builder::<Counter>().connect(0).unwrap();
     assert_ne!(again.pid().unwrap(), pid);
@@ -126,7 +139,10 @@ fn the_daemon_retires_after_the_idle_ttl() {
     std::thread::sleep(Duration::from_millis(600));
     assert!(alive(pid));
     drop(counter);
-    assert!(wait_gone(pid, Duration::from_secs(10)), "the idle daemon exits by itself");
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "the idle daemon exits by itself"
+    );
     assert!(!env.metadata_path().exists());
 }
 
@@ -155,7 +171,12 @@ fn a_killed_daemon_is_replaced_on_the_next_connect() {
 #[test]
 fn garbage_metadata_is_stale_state_and_connect_recovers() {
     let env = TestEnv::new("garbage");
-    for garbage in [&b""[..], b"{\"port\": 1", b"\x00\xff garbage \x17", b"{\"port\":1,\"pid\":1}"] {
+    for garbage in [
+        &b""[..],
+        b"{\"port\": 1",
+        b"\x00\xff garbage \x17",
+        b"{\"port\":1,\"pid\":1}",
+    ] {
         let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
         let pid = counter.pid().unwrap();
         counter.shutdown().unwrap();
@@ -178,11 +199,17 @@ fn a_panicking_constructor_fails_connect_fast_with_its_message() {
     let waited = started.elapsed();
     match result {
         Err(Error::StartFailed { reason, .. }) => {
-            assert!(reason.contains("the constructor refused to start"), "{reason}")
+            assert!(
+                reason.contains("the constructor refused to start"),
+                "{reason}"
+            )
         }
         other => panic!("expected StartFailed, got {other:?}"),
     }
-    assert!(waited < Duration::from_secs(30), "failed from the readiness report, not the timeout");
+    assert!(
+        waited < Duration::from_secs(30),
+        "failed from the readiness report, not the timeout"
+    );
     assert!(!env.metadata_path().exists(), "no daemon was published");
     // The name is free for a constructor that works.
     let fragile: FragileClient = env.builder::<Fragile>().connect(false).unwrap();

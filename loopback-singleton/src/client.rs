@@ -184,7 +184,11 @@ impl<S> Clone for Client<S> {
 
 impl<S> fmt::Debug for Client<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let endpoint = self.inner.endpoint().as_ref().map(|endpoint| (endpoint.port, endpoint.pid));
+        let endpoint = self
+            .inner
+            .endpoint()
+            .as_ref()
+            .map(|endpoint| (endpoint.port, endpoint.pid));
         f.debug_struct("Client")
             .field("name", &self.inner.name)
             .field("runtime_dir", &self.inner.dir.path())
@@ -251,7 +255,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<S: Service> Client<S> {
     fn connect(builder: Builder<S>, init: S::Init) -> Result<Self, Error> {
-        let name = builder.options.name.clone().unwrap_or_else(|| S::NAME.to_string());
+        let name = builder
+            .options
+            .name
+            .clone()
+            .unwrap_or_else(|| S::NAME.to_string());
         let base = runtime_dir::base_dir(builder.options.dir.as_deref())?;
         let dir = RuntimeDir::open(&base, &name)?;
         let encoded = postcard::to_stdvec(&init).map_err(|error| Error::StartFailed {
@@ -293,7 +301,11 @@ impl<S> Client<S> {
     /// Runs method number `method` with its arguments encoded as a tuple (postcard
     /// encodes it exactly as the request enum's variant). Called by generated code.
     #[doc(hidden)]
-    pub fn call<R: DeserializeOwned, A: Serialize + ?Sized>(&self, method: u32, args: &A) -> Result<R, Error> {
+    pub fn call<R: DeserializeOwned, A: Serialize + ?Sized>(
+        &self,
+        method: u32,
+        args: &A,
+    ) -> Result<R, Error> {
         self.inner.request(wire::KIND_CALL, |buf| {
             postcard::to_io(&method, &mut *buf)
                 .and_then(|buf| postcard::to_io(args, buf))
@@ -378,7 +390,10 @@ impl<S> Client<S> {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| stat.rfind(')').map(|at| stat[at + 1..].trim_start().starts_with('Z')))
+        .and_then(|stat| {
+            stat.rfind(')')
+                .map(|at| stat[at + 1..].trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -406,7 +421,10 @@ impl Inner {
         let body = match self.round_trip(&mut connection, id) {
             Ok(body) => body,
             Err(error) => {
-                if matches!(error, Error::ConnectionLost { .. } | Error::Timeout { .. } | Error::Protocol(_)) {
+                if matches!(
+                    error,
+                    Error::ConnectionLost { .. } | Error::Timeout { .. } | Error::Protocol(_)
+                ) {
                     // The connection is dead or out of step: never reuse it.
                     if matches!(error, Error::ConnectionLost { .. }) {
                         self.forget(connection.instance);
@@ -456,7 +474,9 @@ impl Inner {
         match status {
             wire::STATUS_OK => Ok(body_at),
             wire::STATUS_ERR => Err(Error::Remote(wire::decode("remote error", body)?)),
-            other => Err(Error::Protocol(ProtocolError::Unexpected(format!("reply status {other}")))),
+            other => Err(Error::Protocol(ProtocolError::Unexpected(format!(
+                "reply status {other}"
+            )))),
         }
     }
 
@@ -480,7 +500,10 @@ impl Inner {
     fn forget(&self, instance: u64) {
         lock(&self.idle).retain(|connection| connection.instance != instance);
         let mut endpoint = self.endpoint();
-        if endpoint.as_ref().is_some_and(|endpoint| endpoint.instance == instance) {
+        if endpoint
+            .as_ref()
+            .is_some_and(|endpoint| endpoint.instance == instance)
+        {
             *endpoint = None;
         }
     }
@@ -519,7 +542,9 @@ impl Inner {
                 Probe::Absent if start_lock.is_some() => break,
                 Probe::Absent => {
                     if spawn::spawn_disabled() {
-                        return Err(Error::NotRunning { name: self.name.clone() });
+                        return Err(Error::NotRunning {
+                            name: self.name.clone(),
+                        });
                     }
                     if spawn::in_daemon_mode() {
                         return Err(Error::StartFailed {
@@ -544,25 +569,37 @@ impl Inner {
         let exe = match &self.daemon_command {
             Some(path) => path.clone(),
             None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/exe"),
-            None => std::env::current_exe().map_err(|error| Error::io("locating the current executable", error))?,
+            None => std::env::current_exe()
+                .map_err(|error| Error::io("locating the current executable", error))?,
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let (port, pid, instance) = spawn::spawn_daemon(&exe, self.service_id, &self.launch, self.dir.path(), remaining)
-            .map_err(|error| match error {
-                SpawnError::Failed(reason) => Error::StartFailed {
-                    name: self.name.clone(),
-                    reason,
-                },
-                SpawnError::TimedOut => Error::StartTimeout {
-                    name: self.name.clone(),
-                    waited: self.start_timeout,
-                    what: format!("the daemon's readiness report (see {})", self.dir.log_path().display()),
-                },
-            })?;
-        let secret = self
-            .dir
-            .read_secret()
-            .map_err(|error| Error::io(format!("reading {}", self.dir.secret_path().display()), error))?;
+        let (port, pid, instance) = spawn::spawn_daemon(
+            &exe,
+            self.service_id,
+            &self.launch,
+            self.dir.path(),
+            remaining,
+        )
+        .map_err(|error| match error {
+            SpawnError::Failed(reason) => Error::StartFailed {
+                name: self.name.clone(),
+                reason,
+            },
+            SpawnError::TimedOut => Error::StartTimeout {
+                name: self.name.clone(),
+                waited: self.start_timeout,
+                what: format!(
+                    "the daemon's readiness report (see {})",
+                    self.dir.log_path().display()
+                ),
+            },
+        })?;
+        let secret = self.dir.read_secret().map_err(|error| {
+            Error::io(
+                format!("reading {}", self.dir.secret_path().display()),
+                error,
+            )
+        })?;
         let endpoint = Endpoint {
             port,
             secret,
@@ -571,7 +608,9 @@ impl Inner {
         };
         match self.dial(&endpoint) {
             Ok(connection) => Ok((connection, endpoint)),
-            Err(DialError::Stale(error) | DialError::Busy(error) | DialError::Fatal(error)) => Err(error),
+            Err(DialError::Stale(error) | DialError::Busy(error) | DialError::Fatal(error)) => {
+                Err(error)
+            }
         }
     }
 
@@ -610,7 +649,11 @@ impl Inner {
                 addr,
                 source,
             };
-            if refused { DialError::Stale(error) } else { DialError::Busy(error) }
+            if refused {
+                DialError::Stale(error)
+            } else {
+                DialError::Busy(error)
+            }
         })?;
         let lost = |source: std::io::Error| {
             DialError::Busy(Error::ConnectionLost {
@@ -645,7 +688,13 @@ impl Inner {
                 daemon: challenge.version,
             }));
         }
-        if !wire::verify(&endpoint.secret, Role::Daemon, &nonce, &challenge.nonce, &challenge.proof) {
+        if !wire::verify(
+            &endpoint.secret,
+            Role::Daemon,
+            &nonce,
+            &challenge.nonce,
+            &challenge.proof,
+        ) {
             return Err(DialError::Stale(Error::Auth {
                 name: self.name.clone(),
                 reason: format!(
@@ -655,7 +704,8 @@ impl Inner {
             }));
         }
         let auth = wire::Auth {
-            proof: *wire::proof(&endpoint.secret, Role::Client, &nonce, &challenge.nonce).as_bytes(),
+            proof: *wire::proof(&endpoint.secret, Role::Client, &nonce, &challenge.nonce)
+                .as_bytes(),
             schema: self.schema,
             init: self.init,
             init_description: self.launch.init_description.clone(),
@@ -709,7 +759,9 @@ impl Inner {
                     source,
                 }));
             }
-            Err(FrameError::Protocol(error)) => return Err(DialError::Stale(Error::Protocol(error))),
+            Err(FrameError::Protocol(error)) => {
+                return Err(DialError::Stale(Error::Protocol(error)));
+            }
         }
         wire::decode(what, buf).map_err(|error| DialError::Stale(Error::Protocol(error)))
     }

@@ -11,7 +11,6 @@
 //! time (an async mutex, fair, in arrival order per connection).
 
 use std::any::Any;
-use std::cell::RefCell;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -218,11 +217,18 @@ enum ToInstance {
     Retire,
 }
 
-fn run<S: Service>(dir: &RuntimeDir, launch: Launch, mut ready: ReadySender, lock: Option<StartLock>) -> Result<(), Error> {
+fn run<S: Service>(
+    dir: &RuntimeDir,
+    launch: Launch,
+    mut ready: ReadySender,
+    lock: Option<StartLock>,
+) -> Result<(), Error> {
     raise_fd_limit();
     let fail = |ready: &mut ReadySender, reason: String| {
         log(&format!("start failed: {reason}"));
-        ready.send(&Readiness::Failed { reason: reason.clone() });
+        ready.send(&Readiness::Failed {
+            reason: reason.clone(),
+        });
         Error::StartFailed {
             name: launch.name.clone(),
             reason,
@@ -283,7 +289,10 @@ fn run<S: Service>(dir: &RuntimeDir, launch: Launch, mut ready: ReadySender, loc
         protocol: wire::PROTOCOL_VERSION,
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    if let Err(error) = dir.write_secret(&secret).and_then(|()| dir.write_metadata(&metadata)) {
+    if let Err(error) = dir
+        .write_secret(&secret)
+        .and_then(|()| dir.write_metadata(&metadata))
+    {
         let _ = to_instance.send(ToInstance::Retire);
         let _ = instance_thread.join();
         return Err(fail(&mut ready, error.to_string()));
@@ -303,7 +312,12 @@ fn run<S: Service>(dir: &RuntimeDir, launch: Launch, mut ready: ReadySender, loc
         .enable_all()
         .build()
         .map_err(|error| Error::io("building the daemon runtime", error))?;
-    let why = runtime.block_on(front::<S>(listener, Arc::clone(&shared), secret, to_instance.clone()));
+    let why = runtime.block_on(front(
+        listener,
+        Arc::clone(&shared),
+        secret,
+        to_instance.clone(),
+    ));
     log(&format!("retiring: {why}"));
     // Unpublish first, so that newcomers start a successor instead of finding us.
     dir.retire(shared.instance);
@@ -315,13 +329,16 @@ fn run<S: Service>(dir: &RuntimeDir, launch: Launch, mut ready: ReadySender, loc
 }
 
 /// Accepts, authenticates and counts connections until the daemon retires; says why.
-async fn front<S: Service>(
+async fn front(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
     secret: Secret,
     to_instance: mpsc::UnboundedSender<ToInstance>,
 ) -> &'static str {
-    let listener = match listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener)) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
         Ok(listener) => listener,
         Err(_) => return "cannot register the listener",
     };
@@ -372,9 +389,18 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Runs the handshake under its deadline; hands an authenticated connection over.
-async fn admit(mut stream: TcpStream, shared: Arc<Shared>, secret: Secret, to_instance: mpsc::UnboundedSender<ToInstance>) {
+async fn admit(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    secret: Secret,
+    to_instance: mpsc::UnboundedSender<ToInstance>,
+) {
     let _ = stream.set_nodelay(true);
-    let outcome = tokio::time::timeout(shared.options.handshake_timeout, handshake(&mut stream, &shared, &secret)).await;
+    let outcome = tokio::time::timeout(
+        shared.options.handshake_timeout,
+        handshake(&mut stream, &shared, &secret),
+    )
+    .await;
     if let Ok(Ok(())) = outcome {
         if let Ok(stream) = stream.into_std() {
             if to_instance.send(ToInstance::Connection(stream)).is_ok() {
@@ -424,7 +450,9 @@ async fn handshake(stream: &mut TcpStream, shared: &Shared, secret: &Secret) -> 
     let verdict = if shared.shutting_down.load(Ordering::Acquire) {
         wire::Verdict::Rejected(wire::Rejection::ShuttingDown)
     } else if auth.schema != shared.schema {
-        wire::Verdict::Rejected(wire::Rejection::Schema { daemon: shared.schema })
+        wire::Verdict::Rejected(wire::Rejection::Schema {
+            daemon: shared.schema,
+        })
     } else if auth.init.is_some_and(|init| init != shared.init) {
         wire::Verdict::Rejected(wire::Rejection::Init {
             running: shared.init_description.clone(),
@@ -440,7 +468,11 @@ async fn handshake(stream: &mut TcpStream, shared: &Shared, secret: &Secret) -> 
     if welcomed { Ok(()) } else { Err(()) }
 }
 
-async fn write_message<T: Serialize>(stream: &mut TcpStream, message: &T, buf: &mut Vec<u8>) -> Result<(), ()> {
+async fn write_message<T: Serialize>(
+    stream: &mut TcpStream,
+    message: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), ()> {
     wire::encode_frame(message, buf);
     stream.write_all(buf).await.map_err(drop)
 }
@@ -454,7 +486,10 @@ fn instance_thread<S: Service>(
     mut from_front: mpsc::UnboundedReceiver<ToInstance>,
     shared: Arc<Shared>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             let _ = built.send(Err(format!("building the instance runtime: {error}")));
@@ -471,7 +506,10 @@ fn instance_thread<S: Service>(
     let instance = match catch_unwind(AssertUnwindSafe(|| S::construct(init))) {
         Ok(instance) => instance,
         Err(panic) => {
-            let _ = built.send(Err(format!("the constructor panicked: {}", panic_message(&*panic))));
+            let _ = built.send(Err(format!(
+                "the constructor panicked: {}",
+                panic_message(&*panic)
+            )));
             return;
         }
     };
@@ -480,7 +518,11 @@ fn instance_thread<S: Service>(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
         while let Some(ToInstance::Connection(stream)) = from_front.recv().await {
-            tokio::task::spawn_local(serve_connection(stream, Rc::clone(&instance), Arc::clone(&shared)));
+            tokio::task::spawn_local(serve_connection(
+                stream,
+                Rc::clone(&instance),
+                Arc::clone(&shared),
+            ));
         }
         // Waits for the call in flight, if any; later calls find no instance.
         let dropped = instance.lock().await.take();
@@ -506,23 +548,30 @@ impl Buffers {
     }
 }
 
-async fn serve_connection<S: Service>(stream: std::net::TcpStream, instance: Rc<Mutex<Option<S>>>, shared: Arc<Shared>) {
+async fn serve_connection<S: Service>(
+    stream: std::net::TcpStream,
+    instance: Rc<Mutex<Option<S>>>,
+    shared: Arc<Shared>,
+) {
     if let Ok(stream) = TcpStream::from_std(stream) {
         let _ = connection_loop(stream, &instance, &shared).await;
     }
     connection_closed(&shared);
 }
 
-async fn connection_loop<S: Service>(mut stream: TcpStream, instance: &Mutex<Option<S>>, shared: &Shared) -> Result<(), ()> {
+async fn connection_loop<S: Service>(
+    mut stream: TcpStream,
+    instance: &Mutex<Option<S>>,
+    shared: &Shared,
+) -> Result<(), ()> {
     let (reader, mut writer) = stream.split();
     let mut reader = BufReader::with_capacity(64 << 10, reader);
-    let buffers = RefCell::new(Buffers {
+    let mut buffers = Buffers {
         input: Vec::with_capacity(4096),
         output: Vec::with_capacity(4096),
-    });
+    };
     loop {
-        let mut guard = buffers.borrow_mut();
-        let Buffers { input, output } = &mut *guard;
+        let Buffers { input, output } = &mut buffers;
         match wire::read_frame_async(&mut reader, input, shared.options.max_frame).await {
             Ok(()) => {}
             Err(FrameError::Io(_)) => return Ok(()),
@@ -549,19 +598,27 @@ async fn connection_loop<S: Service>(mut stream: TcpStream, instance: &Mutex<Opt
                 wire::begin_message(output, id, wire::STATUS_OK);
             }
             other => {
-                log(&format!("closing a connection: unknown request kind {other}"));
+                log(&format!(
+                    "closing a connection: unknown request kind {other}"
+                ));
                 return Err(());
             }
         }
         wire::finish_frame(output);
         writer.write_all(output).await.map_err(drop)?;
-        guard.trim();
+        buffers.trim();
     }
 }
 
 /// Runs one call on the instance and leaves the complete reply (minus its length) in
 /// `output`: the method's encoded return value, or the reason it has none.
-async fn run_call<S: Service>(instance: &Mutex<Option<S>>, shared: &Shared, id: u64, body: &[u8], output: &mut Vec<u8>) {
+async fn run_call<S: Service>(
+    instance: &Mutex<Option<S>>,
+    shared: &Shared,
+    id: u64,
+    body: &[u8],
+    output: &mut Vec<u8>,
+) {
     let status_at = wire::begin_message(output, id, wire::STATUS_OK);
     let fault = match postcard::from_bytes::<S::Request>(body) {
         Err(error) => Some(RemoteError::BadRequest {
@@ -574,7 +631,9 @@ async fn run_call<S: Service>(instance: &Mutex<Option<S>>, shared: &Shared, id: 
                 Some(service) => {
                     shared.calls_served.fetch_add(1, Ordering::Relaxed);
                     let out = &mut *output;
-                    let outcome = match catch_unwind(AssertUnwindSafe(move || service.dispatch(request, out))) {
+                    let outcome = match catch_unwind(AssertUnwindSafe(move || {
+                        service.dispatch(request, out)
+                    })) {
                         Ok(Dispatch::Ready(result)) => Ok(result),
                         Ok(Dispatch::Pending(future)) => CatchUnwind(future).await,
                         Err(panic) => Err(panic),
@@ -642,7 +701,12 @@ fn log(message: &str) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    eprintln!("[{}.{:03} pid {}] {message}", now.as_secs(), now.subsec_millis(), std::process::id());
+    eprintln!(
+        "[{}.{:03} pid {}] {message}",
+        now.as_secs(),
+        now.subsec_millis(),
+        std::process::id()
+    );
 }
 
 /// Lifts the soft open-file limit to the hard one, so the daemon can hold many clients.
@@ -655,7 +719,9 @@ fn raise_fd_limit() {
         };
         // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
         unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
                 limit.rlim_cur = limit.rlim_max;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
             }

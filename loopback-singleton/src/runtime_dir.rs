@@ -63,10 +63,14 @@ pub(crate) fn base_dir(explicit: Option<&Path>) -> Result<PathBuf, Error> {
         return Ok(PathBuf::from(dir).join("loopback-singleton"));
     }
     match std::env::var_os("HOME").filter(|value| !value.is_empty()) {
-        Some(home) => Ok(PathBuf::from(home).join(".cache").join("loopback-singleton")),
+        Some(home) => Ok(PathBuf::from(home)
+            .join(".cache")
+            .join("loopback-singleton")),
         None => Err(Error::RuntimeDir {
             path: PathBuf::new(),
-            reason: format!("no XDG_RUNTIME_DIR and no HOME; set {DIR_ENV} to a directory only you can write"),
+            reason: format!(
+                "no XDG_RUNTIME_DIR and no HOME; set {DIR_ENV} to a directory only you can write"
+            ),
         }),
     }
 }
@@ -76,7 +80,9 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -132,9 +138,12 @@ impl RuntimeDir {
 
     pub(crate) fn read_secret(&self) -> io::Result<Secret> {
         let bytes = fs::read(self.secret_path())?;
-        bytes
-            .try_into()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the secret file is not 32 bytes"))
+        bytes.try_into().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the secret file is not 32 bytes",
+            )
+        })
     }
 
     pub(crate) fn write_secret(&self, secret: &Secret) -> Result<(), Error> {
@@ -148,7 +157,12 @@ impl RuntimeDir {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => return Err(Error::io(format!("removing stale {}", path.display()), error)),
+                Err(error) => {
+                    return Err(Error::io(
+                        format!("removing stale {}", path.display()),
+                        error,
+                    ));
+                }
             }
         }
         Ok(())
@@ -177,7 +191,9 @@ impl RuntimeDir {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|error| Error::io(format!("opening the lock file {}", path.display()), error))?;
+            .map_err(|error| {
+                Error::io(format!("opening the lock file {}", path.display()), error)
+            })?;
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(1);
         loop {
@@ -193,7 +209,10 @@ impl RuntimeDir {
                 return Err(Error::StartTimeout {
                     name: self.name(),
                     waited: timeout,
-                    what: format!("the start lock {} (another process is starting the daemon)", path.display()),
+                    what: format!(
+                        "the start lock {} (another process is starting the daemon)",
+                        path.display()
+                    ),
                 });
             }
             std::thread::sleep(pause.min(deadline - now));
@@ -277,7 +296,8 @@ fn check_private_dir(path: &Path) -> Result<(), Error> {
         path: path.to_path_buf(),
         reason,
     };
-    let metadata = fs::symlink_metadata(path).map_err(|error| refuse(format!("cannot inspect it: {error}")))?;
+    let metadata = fs::symlink_metadata(path)
+        .map_err(|error| refuse(format!("cannot inspect it: {error}")))?;
     if metadata.file_type().is_symlink() {
         return Err(refuse(format!(
             "it is a symbolic link; remove it (`rm {}`) and let loopback-singleton create a real directory",

@@ -101,6 +101,9 @@ impl<'a> Dispatch<'a> {
 
 /// Appends the postcard encoding of a return value to the reply buffer.
 #[doc(hidden)]
-pub fn encode_reply<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+pub fn encode_reply<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), postcard::Error> {
     postcard::to_io(value, out).map(|_| ())
 }

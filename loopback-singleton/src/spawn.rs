@@ -75,16 +75,34 @@ pub(crate) fn spawn_daemon(
     // SAFETY: fds is a valid array of two ints; O_CLOEXEC keeps the pipe out of every
     // other child this process spawns.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(failed("creating the readiness pipe", io::Error::last_os_error()));
+        return Err(failed(
+            "creating the readiness pipe",
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: pipe2 just returned these two fresh descriptors; each is owned once.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let write_fd = write_end.as_raw_fd();
 
     let mut command = Command::new(exe);
+    // What `ps` shows: the program and which singleton it serves.
+    let program = std::env::current_exe().ok();
+    let program = program
+        .as_deref()
+        .and_then(Path::file_name)
+        .unwrap_or(exe.as_os_str());
+    command.arg0(format!(
+        "{} [loopback-singleton daemon {}]",
+        program.to_string_lossy(),
+        launch.name
+    ));
     command
         .env(MARKER_ENV, service_id)
-        .env(LAUNCH_ENV, hex_encode(&postcard::to_stdvec(launch).expect("launch encodes")))
+        .env(
+            LAUNCH_ENV,
+            hex_encode(&postcard::to_stdvec(launch).expect("launch encodes")),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -109,7 +127,12 @@ pub(crate) fn spawn_daemon(
             // Any other inherited descriptor is closed at exec (marked close-on-exec
             // rather than closed, so std's own exec-error pipe keeps working).
             #[cfg(target_os = "linux")]
-            libc::syscall(libc::SYS_close_range, READY_FD + 1, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            libc::syscall(
+                libc::SYS_close_range,
+                READY_FD + 1,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }
@@ -122,11 +145,17 @@ pub(crate) fn spawn_daemon(
         .wait()
         .map_err(|error| failed("waiting for the launcher process", error))?;
     if !status.success() {
-        return Err(SpawnError::Failed(format!("the launcher process exited with {status}")));
+        return Err(SpawnError::Failed(format!(
+            "the launcher process exited with {status}"
+        )));
     }
 
     match read_readiness(File::from(read_end), timeout)? {
-        Readiness::Ready { port, pid, instance } => Ok((port, pid, instance)),
+        Readiness::Ready {
+            port,
+            pid,
+            instance,
+        } => Ok((port, pid, instance)),
         Readiness::Failed { reason } => Err(SpawnError::Failed(reason)),
     }
 }
@@ -173,7 +202,9 @@ fn read_readiness(mut pipe: File, timeout: Duration) -> Result<Readiness, SpawnE
             if error.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(SpawnError::Failed(format!("waiting for readiness: {error}")));
+            return Err(SpawnError::Failed(format!(
+                "waiting for readiness: {error}"
+            )));
         }
         if ready == 0 {
             continue;
@@ -195,8 +226,11 @@ fn parse_readiness(received: &[u8]) -> Result<Option<Readiness>, SpawnError> {
     if received.len() < 4 {
         return Ok(None);
     }
-    let len = crate::wire::check_len(received[..4].try_into().expect("4 bytes"), crate::wire::MAX_HANDSHAKE_FRAME)
-        .map_err(|error| SpawnError::Failed(format!("bad readiness report: {error}")))?;
+    let len = crate::wire::check_len(
+        received[..4].try_into().expect("4 bytes"),
+        crate::wire::MAX_HANDSHAKE_FRAME,
+    )
+    .map_err(|error| SpawnError::Failed(format!("bad readiness report: {error}")))?;
     if received.len() < 4 + len {
         return Ok(None);
     }
@@ -239,7 +273,9 @@ pub(crate) fn take_launch(service_id: &str) -> Option<(Result<Launch, String>, R
     let launch = std::env::var(LAUNCH_ENV)
         .map_err(|error| format!("{LAUNCH_ENV}: {error}"))
         .and_then(|hex| hex_decode(&hex).ok_or_else(|| format!("{LAUNCH_ENV} is not hex")))
-        .and_then(|bytes| postcard::from_bytes(&bytes).map_err(|error| format!("{LAUNCH_ENV}: {error}")));
+        .and_then(|bytes| {
+            postcard::from_bytes(&bytes).map_err(|error| format!("{LAUNCH_ENV}: {error}"))
+        });
     // SAFETY: this runs in a pre-main hook, before any other thread exists.
     unsafe {
         std::env::remove_var(MARKER_ENV);
@@ -336,8 +372,16 @@ mod tests {
     #[test]
     fn readiness_parses_only_whole_frames() {
         let mut frame = Vec::new();
-        crate::wire::encode_frame(&Readiness::Failed { reason: "boom".into() }, &mut frame);
-        assert!(matches!(parse_readiness(&frame[..frame.len() - 1]), Ok(None)));
+        crate::wire::encode_frame(
+            &Readiness::Failed {
+                reason: "boom".into(),
+            },
+            &mut frame,
+        );
+        assert!(matches!(
+            parse_readiness(&frame[..frame.len() - 1]),
+            Ok(None)
+        ));
         match parse_readiness(&frame) {
             Ok(Some(Readiness::Failed { reason })) => assert_eq!(reason, "boom"),
             other => panic!("{other:?}"),

@@ -130,7 +130,13 @@ pub(crate) fn proof(secret: &Secret, role: Role, client: &Nonce, daemon: &Nonce)
 }
 
 /// Checks a received proof in constant time (`blake3::Hash`'s `==` is constant-time).
-pub(crate) fn verify(secret: &Secret, role: Role, client: &Nonce, daemon: &Nonce, got: &Proof) -> bool {
+pub(crate) fn verify(
+    secret: &Secret,
+    role: Role,
+    client: &Nonce,
+    daemon: &Nonce,
+    got: &Proof,
+) -> bool {
     proof(secret, role, client, daemon) == blake3::Hash::from_bytes(*got)
 }
 
@@ -201,7 +207,11 @@ impl From<io::Error> for FrameError {
 }
 
 /// Reads one frame's payload into `buf` (blocking).
-pub(crate) fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>, limit: u32) -> Result<(), FrameError> {
+pub(crate) fn read_frame(
+    reader: &mut impl Read,
+    buf: &mut Vec<u8>,
+    limit: u32,
+) -> Result<(), FrameError> {
     let mut header = [0u8; 4];
     reader.read_exact(&mut header)?;
     let len = check_len(header, limit).map_err(FrameError::Protocol)?;
@@ -212,7 +222,11 @@ pub(crate) fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>, limit: u32) 
 }
 
 /// Reads one frame's payload into `buf` (async).
-pub(crate) async fn read_frame_async<R>(reader: &mut R, buf: &mut Vec<u8>, limit: u32) -> Result<(), FrameError>
+pub(crate) async fn read_frame_async<R>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    limit: u32,
+) -> Result<(), FrameError>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
@@ -227,7 +241,10 @@ where
 }
 
 /// Decodes a whole handshake message.
-pub(crate) fn decode<'a, T: Deserialize<'a>>(what: &'static str, payload: &'a [u8]) -> Result<T, ProtocolError> {
+pub(crate) fn decode<'a, T: Deserialize<'a>>(
+    what: &'static str,
+    payload: &'a [u8],
+) -> Result<T, ProtocolError> {
     postcard::from_bytes(payload).map_err(|error| ProtocolError::Malformed {
         what,
         reason: error.to_string(),
@@ -235,10 +252,15 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(what: &'static str, payload: &'a [u
 }
 
 /// Splits a request or reply frame into its header (`id`, kind or status) and body.
-pub(crate) fn split_header<'a>(what: &'static str, payload: &'a [u8]) -> Result<(u64, u8, &'a [u8]), ProtocolError> {
-    let ((id, tag), body) = postcard::take_from_bytes::<(u64, u8)>(payload).map_err(|error| ProtocolError::Malformed {
-        what,
-        reason: error.to_string(),
+pub(crate) fn split_header<'a>(
+    what: &'static str,
+    payload: &'a [u8],
+) -> Result<(u64, u8, &'a [u8]), ProtocolError> {
+    let ((id, tag), body) = postcard::take_from_bytes::<(u64, u8)>(payload).map_err(|error| {
+        ProtocolError::Malformed {
+            what,
+            reason: error.to_string(),
+        }
     })?;
     Ok((id, tag, body))
 }

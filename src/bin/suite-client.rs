@@ -36,7 +36,9 @@ fn run() -> Result<(), loopback_singleton::Error> {
             println!("pid={} value={}", counter.pid()?, counter.get()?);
         }
         Some("fragile") => {
-            let fragile = FragileClient::builder().name(name).connect(args[1] == "true")?;
+            let fragile = FragileClient::builder()
+                .name(name)
+                .connect(args[1] == "true")?;
             println!("{}", fragile.hello()?);
         }
         other => panic!("unknown command {other:?}"),

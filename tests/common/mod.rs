@@ -22,7 +22,8 @@ impl TestEnv {
     pub fn new(test: &str) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let base = std::env::temp_dir().join(format!("ls-test-{}-{seq}-{test}", std::process::id()));
+        let base =
+            std::env::temp_dir().join(format!("ls-test-{}-{seq}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
         TestEnv {
@@ -107,7 +108,9 @@ pub fn kill(pid: u32) {
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rfind(')').map(|at| stat[at + 1..].trim_start().chars().next());
+            let state = stat
+                .rfind(')')
+                .map(|at| stat[at + 1..].trim_start().chars().next());
             state != Some(Some('Z'))
         }
         Err(_) => false,

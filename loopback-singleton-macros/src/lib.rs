@@ -1,0 +1,30 @@
+//! The `#[local_singleton]` attribute of
+//! [`loopback-singleton`](https://docs.rs/loopback-singleton): use it through that crate,
+//! which documents it and provides the runtime its expansion calls.
+//!
+//! The macro parses the annotated impl block into a `model::Service` (validating it on
+//! the way, in `parse`), then expands the model (in `expand`).
+
+mod expand;
+mod fingerprint;
+mod model;
+mod parse;
+
+#[cfg(test)]
+mod tests;
+
+use proc_macro::TokenStream;
+
+/// Turns an inherent impl block into a loopback singleton: its `pub` methods taking `&self`
+/// or `&mut self` become calls of a typed client (`<Type>Client`) to one instance hosted by
+/// a per-user daemon. See the `loopback-singleton` crate for the full documentation.
+///
+/// On misuse, emits the impl block as written plus one error per misuse, and nothing else.
+#[proc_macro_attribute]
+pub fn local_singleton(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match parse::service(attr.into(), item.into()) {
+        Ok(service) => expand::service(&service),
+        Err(rejection) => rejection.into_tokens(),
+    }
+    .into()
+}

@@ -1,0 +1,86 @@
+//! What `#[local_singleton]` understood of an `impl` block: the model that parsing
+//! produces and expansion consumes. Every value here has already been validated.
+
+use syn::{Attribute, Ident, ItemImpl, LitStr, Type, Visibility};
+
+/// A service: the annotated `impl` block of one type.
+pub struct Service {
+    /// The impl block as it is emitted again: the user's code, minus our `#[init]`.
+    pub item: ItemImpl,
+    /// The implementing type, verbatim (`Counter`, `crate::Counter`).
+    pub self_ty: Type,
+    /// The last identifier of the type's path, which names the generated items.
+    pub ident: Ident,
+    /// The singleton name of `#[local_singleton(name = "...")]`, if given.
+    pub name: Option<LitStr>,
+    /// The exposed methods (public, with a `&self` or `&mut self` receiver), in
+    /// declaration order: the order fixes the wire's variant indices.
+    pub methods: Vec<Method>,
+    /// The `#[init]` constructor; `None` constructs the instance with `Default`.
+    pub init: Option<Init>,
+}
+
+/// An exposed method: one request variant, one dispatcher arm, one client method.
+pub struct Method {
+    pub ident: Ident,
+    pub vis: Visibility,
+    pub receiver: Receiver,
+    pub args: Vec<Arg>,
+    /// The return type; `None` for a method that returns `()` implicitly.
+    pub output: Option<Type>,
+    pub is_async: bool,
+    pub attrs: ForwardedAttrs,
+}
+
+/// How a method borrows the instance. Classified once, matched everywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receiver {
+    /// `&self`
+    Ref,
+    /// `&mut self`
+    RefMut,
+}
+
+impl Receiver {
+    /// The receiver's spelling in the schema fingerprint.
+    pub fn canonical(self) -> &'static str {
+        match self {
+            Receiver::Ref => "&self",
+            Receiver::RefMut => "&mut self",
+        }
+    }
+}
+
+/// A named argument of an exposed method or of `#[init]`.
+pub struct Arg {
+    pub ident: Ident,
+    /// The type as written, used where the original signature is repeated (client).
+    pub ty: Type,
+    pub kind: ArgKind,
+}
+
+/// How an argument travels: values as they are, borrows as their owned form.
+pub enum ArgKind {
+    /// `T`: sent and received as `T`.
+    Owned(Type),
+    /// `&T` (`&str`, `&[T]`, `&Thing`): the inner type `T`, sent borrowed by the client
+    /// and received as `<T as ToOwned>::Owned` by the daemon.
+    Borrowed(Type),
+}
+
+/// The `#[init]` constructor: its arguments are the daemon's start-up arguments.
+pub struct Init {
+    pub ident: Ident,
+    pub args: Vec<Arg>,
+}
+
+/// The attributes of a method that its generated counterparts carry too.
+#[derive(Default)]
+pub struct ForwardedAttrs {
+    /// `#[doc]` (doc comments): copied onto the client method.
+    pub docs: Vec<Attribute>,
+    /// `#[cfg]`: copied onto the variant, the dispatcher arm and the client method.
+    pub cfgs: Vec<Attribute>,
+    /// `#[deprecated]`: copied onto the client method.
+    pub deprecated: Vec<Attribute>,
+}
