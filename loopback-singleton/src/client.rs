@@ -319,6 +319,118 @@ impl<S> Client<S> {
         })
     }
 
+    /// Runs method number `method` once per element of `calls`, pipelined on one
+    /// connection: up to `window` requests are sent in one write before their replies
+    /// are read, so a batch of small calls costs about one round trip instead of one
+    /// each. Returns the results in order.
+    ///
+    /// `method` is the method's position among the service's public methods (the first
+    /// one is `0`), and each element of `calls` its arguments as a tuple: `()` for
+    /// none, `(x,)` for one, `(x, y)` for two. A wrong index or argument type is not
+    /// undefined behaviour: the daemon answers [`RemoteError::BadRequest`] (or the reply
+    /// fails to decode).
+    ///
+    /// The window is bounded twice, so that neither side can block writing while the
+    /// other does too: by `window` (at least 1) and by 64 KiB of requests per batch
+    /// (a larger request travels alone). The daemon answers each connection in order,
+    /// so replies are matched to requests by their call ids.
+    ///
+    /// If a call fails, the calls already sent still run; their replies are drained to
+    /// keep the connection in step, and the first error is returned.
+    ///
+    /// ```no_run
+    /// # use loopback_singleton::local_singleton;
+    /// # #[derive(Default)] pub struct Counter { v: u64 }
+    /// # #[local_singleton] impl Counter {
+    /// #     pub fn inc(&mut self) -> u64 { self.v += 1; self.v }
+    /// #     pub fn add(&mut self, n: u64) -> u64 { self.v += n; self.v }
+    /// # }
+    /// let counter = CounterClient::connect()?;
+    /// // `inc` is method 0 and takes no arguments: 1000 calls, 64 in flight at a time.
+    /// let values: Vec<u64> = counter.client().pipeline(0, (0..1000).map(|_| ()), 64)?;
+    /// assert_eq!(values.len(), 1000);
+    /// // `add` is method 1 and takes one argument.
+    /// let sums: Vec<u64> = counter.client().pipeline(1, (1..=3u64).map(|n| (n,)), 64)?;
+    /// # Ok::<(), loopback_singleton::Error>(())
+    /// ```
+    pub fn pipeline<R, A, I>(&self, method: u32, calls: I, window: usize) -> Result<Vec<R>, Error>
+    where
+        R: DeserializeOwned,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+    {
+        /// Requests of one batch beyond this travel in the next batch.
+        const BATCH_BYTES: usize = 64 << 10;
+        let window = window.max(1);
+        let mut calls = calls.into_iter().peekable();
+        let mut results = Vec::with_capacity(calls.size_hint().0);
+        let mut connection = self.inner.checkout()?;
+        let mut batch = Vec::new();
+        let mut first_error = None;
+        while calls.peek().is_some() {
+            batch.clear();
+            let first_id = self
+                .inner
+                .next_id
+                .fetch_add(window as u64, Ordering::Relaxed);
+            let mut sent = 0;
+            while sent < window && (sent == 0 || batch.len() < BATCH_BYTES) {
+                let Some(args) = calls.next() else { break };
+                let start = wire::open_frame(&mut batch);
+                postcard::to_io(&(first_id + sent as u64), &mut batch)
+                    .map(|buf| buf.push(wire::KIND_CALL))
+                    .and_then(|()| postcard::to_io(&method, &mut batch))
+                    .and_then(|buf| postcard::to_io(&args, buf))
+                    .map_err(|error| {
+                        Error::Protocol(ProtocolError::Malformed {
+                            what: "request",
+                            reason: error.to_string(),
+                        })
+                    })?;
+                wire::close_frame(&mut batch, start);
+                sent += 1;
+            }
+            if let Err(error) = connection.reader.get_ref().write_all(&batch) {
+                let error = self.inner.lost(error);
+                self.inner.forget(connection.instance);
+                return Err(error);
+            }
+            for offset in 0..sent {
+                match self
+                    .inner
+                    .read_reply(&mut connection, first_id + offset as u64)
+                {
+                    Ok(body) => match postcard::from_bytes(&connection.buf[body..]) {
+                        Ok(value) => results.push(value),
+                        Err(error) => {
+                            first_error.get_or_insert(Error::Remote(RemoteError::Decode {
+                                message: error.to_string(),
+                            }));
+                        }
+                    },
+                    Err(error @ Error::Remote(_)) => {
+                        first_error.get_or_insert(error);
+                    }
+                    Err(error) => {
+                        // Dead or out of step: never reuse the connection.
+                        if matches!(error, Error::ConnectionLost { .. }) {
+                            self.inner.forget(connection.instance);
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+            if first_error.is_some() {
+                break;
+            }
+        }
+        self.inner.checkin(connection);
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(results),
+        }
+    }
+
     /// Asks the daemon about itself: pid, uptime, calls served, connected clients.
     ///
     /// ```no_run
@@ -447,7 +559,17 @@ impl Inner {
     /// Sends the frame in `connection.buf` and reads the reply into the same buffer;
     /// returns where the reply's body starts.
     fn round_trip(&self, connection: &mut Connection, id: u64) -> Result<usize, Error> {
-        let lost = |source: std::io::Error| match source.kind() {
+        let Connection { reader, buf, .. } = connection;
+        reader
+            .get_ref()
+            .write_all(buf)
+            .map_err(|error| self.lost(error))?;
+        self.read_reply(connection, id)
+    }
+
+    /// A transport failure of a call: a timeout, or the connection is gone.
+    fn lost(&self, source: std::io::Error) -> Error {
+        match source.kind() {
             ErrorKind::WouldBlock | ErrorKind::TimedOut => Error::Timeout {
                 name: self.name.clone(),
                 after: self.call_timeout.unwrap_or_default(),
@@ -456,12 +578,15 @@ impl Inner {
                 name: self.name.clone(),
                 source,
             },
-        };
+        }
+    }
+
+    /// Reads the reply to call `id` into `connection.buf`; returns where its body starts.
+    fn read_reply(&self, connection: &mut Connection, id: u64) -> Result<usize, Error> {
         let Connection { reader, buf, .. } = connection;
-        reader.get_ref().write_all(buf).map_err(lost)?;
         match wire::read_frame(reader, buf, self.max_frame) {
             Ok(()) => {}
-            Err(FrameError::Io(error)) => return Err(lost(error)),
+            Err(FrameError::Io(error)) => return Err(self.lost(error)),
             Err(FrameError::Protocol(error)) => return Err(Error::Protocol(error)),
         }
         let (reply_id, status, body) = wire::split_header("reply", buf)?;

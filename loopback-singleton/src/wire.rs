@@ -174,6 +174,19 @@ pub(crate) fn finish_frame(buf: &mut [u8]) {
     buf[..4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// Appends the length prefix of a new frame to `buf` (which may hold earlier frames,
+/// for a batch sent in one write); returns where the frame starts.
+pub(crate) fn open_frame(buf: &mut Vec<u8>) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    start
+}
+
+/// Fills in the length prefix of the frame opened at `start` by [`open_frame`].
+pub(crate) fn close_frame(buf: &mut [u8], start: usize) {
+    finish_frame(&mut buf[start..]);
+}
+
 /// Encodes one message as a complete frame.
 pub(crate) fn encode_frame<T: Serialize>(message: &T, buf: &mut Vec<u8>) {
     begin_frame(buf);
