@@ -84,18 +84,20 @@ impl Counter {
     }
 }
 
-/// A service whose constructor can be told to panic.
+/// A service whose constructor can be told to fail: `"panic"` panics, `"error"`
+/// returns an error, anything else succeeds.
 pub struct Fragile;
 
 #[local_singleton(name = "suite-fragile")]
 impl Fragile {
-    /// Panics when `explode` is set.
+    /// Fails as `mode` says.
     #[init]
-    pub fn new(explode: bool) -> Self {
-        if explode {
-            panic!("the constructor refused to start");
+    pub fn new(mode: &str) -> Result<Self, String> {
+        match mode {
+            "panic" => panic!("the constructor refused to start"),
+            "error" => Err("no configuration found".to_string()),
+            _ => Ok(Fragile),
         }
-        Fragile
     }
 
     /// Answers.

@@ -189,30 +189,32 @@ fn garbage_metadata_is_stale_state_and_connect_recovers() {
 }
 
 #[test]
-fn a_panicking_constructor_fails_connect_fast_with_its_message() {
-    let env = TestEnv::new("ctorpanic");
-    let started = Instant::now();
-    let result = env
-        .builder::<Fragile>()
-        .start_timeout(Duration::from_secs(60))
-        .connect(true);
-    let waited = started.elapsed();
-    match result {
-        Err(Error::StartFailed { reason, .. }) => {
-            assert!(
-                reason.contains("the constructor refused to start"),
-                "{reason}"
-            )
+fn a_failing_constructor_fails_connect_fast_with_its_reason() {
+    let env = TestEnv::new("ctorfail");
+    for (mode, expected) in [
+        ("panic", "the constructor refused to start"),
+        ("error", "no configuration found"),
+    ] {
+        let started = Instant::now();
+        let result = env
+            .builder::<Fragile>()
+            .start_timeout(Duration::from_secs(60))
+            .connect(mode.to_string());
+        let waited = started.elapsed();
+        match result {
+            Err(Error::StartFailed { reason, .. }) => {
+                assert!(reason.contains(expected), "{reason}")
+            }
+            other => panic!("expected StartFailed, got {other:?}"),
         }
-        other => panic!("expected StartFailed, got {other:?}"),
+        assert!(
+            waited < Duration::from_secs(30),
+            "failed from the readiness report, not the timeout"
+        );
+        assert!(!env.metadata_path().exists(), "no daemon was published");
     }
-    assert!(
-        waited < Duration::from_secs(30),
-        "failed from the readiness report, not the timeout"
-    );
-    assert!(!env.metadata_path().exists(), "no daemon was published");
     // The name is free for a constructor that works.
-    let fragile: FragileClient = env.builder::<Fragile>().connect(false).unwrap();
+    let fragile: FragileClient = env.builder::<Fragile>().connect("ok".to_string()).unwrap();
     assert_eq!(fragile.hello().unwrap(), "hello");
     fragile.shutdown().unwrap();
 }

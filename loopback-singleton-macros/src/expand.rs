@@ -193,7 +193,9 @@ fn service_impl(service: &Service, names: &Names) -> TokenStream {
                 ::core::concat!(::core::module_path!(), "::", #type_name);
             const SCHEMA: ::loopback_singleton::Fingerprint = #schema;
 
-            fn construct(__ls_init: Self::Init) -> Self {
+            fn construct(
+                __ls_init: Self::Init,
+            ) -> ::core::result::Result<Self, ::std::string::String> {
                 #construct
             }
 
@@ -233,7 +235,7 @@ fn construct_body(service: &Service) -> TokenStream {
         );
         return quote! {
             let () = __ls_init;
-            #default
+            ::core::result::Result::Ok(#default)
         };
     };
     let bindings = positional(&init.args);
@@ -245,7 +247,7 @@ fn construct_body(service: &Service) -> TokenStream {
     let ident = &init.ident;
     quote! {
         let #pattern = __ls_init;
-        <#self_ty>::#ident(#(#passed),*)
+        ::loopback_singleton::__private::IntoInstance::into_instance(<#self_ty>::#ident(#(#passed),*))
     }
 }
 

@@ -496,15 +496,34 @@ fn parse_init(
     })
 }
 
-/// `#[init]` returns `Self` (or the type by name): the daemon hosts that value.
+/// `#[init]` returns `Self` (or the type by name), or `Result<Self, E>` for a set-up
+/// that can fail: the daemon hosts that value, or reports the error to the client.
 fn check_init_output(sig: &Signature, self_ident: &Ident) -> syn::Result<()> {
-    const MESSAGE: &str = "`#[init]` must return `Self`: the daemon hosts the value it returns \
-         (a fallible set-up can't be `#[init]`: handle the error inside, or keep it in the state)";
+    const MESSAGE: &str = "`#[init]` must return `Self`, or `Result<Self, E>` with `E: Display` \
+         for a set-up that can fail: the daemon hosts the value it returns";
+    let is_self = |ty: &Type| is_self_type(ty) || names_type(ty, self_ident);
     match &sig.output {
         ReturnType::Default => Err(Error::new_spanned(sig, MESSAGE)),
-        ReturnType::Type(_, ty) if is_self_type(ty) || names_type(ty, self_ident) => Ok(()),
+        ReturnType::Type(_, ty) if is_self(ty) || result_of(ty).is_some_and(is_self) => Ok(()),
         ReturnType::Type(_, ty) => Err(Error::new_spanned(ty, MESSAGE)),
     }
+}
+
+/// `T` of a `Result<T, E>` (any path ending in `Result` with two type arguments).
+fn result_of(ty: &Type) -> Option<&Type> {
+    let Type::Path(TypePath { qself: None, path }) = ty else {
+        return None;
+    };
+    let last = path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return None;
+    };
+    let mut types = generics.args.iter().filter_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    let ok = types.next()?;
+    (last.ident == "Result" && types.next().is_some() && types.next().is_none()).then_some(ok)
 }
 
 /// Whether `ty` is a path ending in `ident` without generic arguments (`Counter`,

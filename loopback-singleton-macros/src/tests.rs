@@ -149,7 +149,7 @@ fn expansion_of_init_and_async() {
     let text = expand::service(&parse_ok(TokenStream::new(), counter())).to_string();
     for expected in [
         "type Init = (u64 , < str as :: std :: borrow :: ToOwned > :: Owned)",
-        "let (__ls_arg0 , __ls_arg1) = __ls_init ; < Counter > :: new (__ls_arg0 , & __ls_arg1)",
+        "let (__ls_arg0 , __ls_arg1) = __ls_init ; :: loopback_singleton :: __private :: IntoInstance :: into_instance (< Counter > :: new (__ls_arg0 , & __ls_arg1))",
         "pub fn connect (start : u64 , step : & str)",
         "Self :: builder () . connect ((start , :: std :: borrow :: ToOwned :: to_owned (step)))",
         "Dispatch :: pending (async move { let __ls_value = < Counter > :: slow (self , & __ls_arg0) . await ;",
@@ -292,6 +292,14 @@ fn rejects_init_misuse() {
     parse_ok(
         TokenStream::new(),
         quote!(impl Counter { #[init] fn a() -> crate::Counter { todo!() } }),
+    );
+    parse_ok(
+        TokenStream::new(),
+        quote!(impl Counter { #[init] fn a() -> Result<Self, String> { todo!() } }),
+    );
+    assert!(
+        single_error(quote!(impl Counter { #[init] fn a() -> Result<u8, String> { todo!() } }))
+            .contains("return `Self`")
     );
 }
 

@@ -24,5 +24,5 @@ pub mod __private {
     pub use serde;
 
     pub use crate::daemon::daemon_hook;
-    pub use crate::service::encode_reply;
+    pub use crate::service::{IntoInstance, encode_reply};
 }

@@ -40,8 +40,10 @@ pub trait Service: Sized + 'static {
     /// The schema fingerprint (see [`Fingerprint`]).
     const SCHEMA: Fingerprint;
 
-    /// Builds the one instance inside the daemon (the `#[init]` constructor, or `Default`).
-    fn construct(init: Self::Init) -> Self;
+    /// Builds the one instance inside the daemon (the `#[init]` constructor, or
+    /// `Default`). An `#[init]` returning `Result<Self, E>` fails with `E`'s message,
+    /// which `connect` reports as [`Error::StartFailed`].
+    fn construct(init: Self::Init) -> Result<Self, String>;
 
     /// Runs one request on the instance and encodes the method's return value into `out`.
     fn dispatch<'a>(&'a mut self, request: Self::Request, out: &'a mut Vec<u8>) -> Dispatch<'a>;
@@ -106,4 +108,28 @@ pub fn encode_reply<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
 ) -> Result<(), postcard::Error> {
     postcard::to_io(value, out).map(|_| ())
+}
+
+/// What an `#[init]` constructor may return: `Self`, or `Result<Self, E>` for a set-up
+/// that can fail (its error reaches the client as [`Error::StartFailed`]).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`#[init]` must return `Self` or `Result<Self, E>` with `E: Display`",
+    label = "returns `{Self}`"
+)]
+pub trait IntoInstance<S> {
+    /// The instance, or why it could not be built.
+    fn into_instance(self) -> Result<S, String>;
+}
+
+impl<S> IntoInstance<S> for S {
+    fn into_instance(self) -> Result<S, String> {
+        Ok(self)
+    }
+}
+
+impl<S, E: std::fmt::Display> IntoInstance<S> for Result<S, E> {
+    fn into_instance(self) -> Result<S, String> {
+        self.map_err(|error| error.to_string())
+    }
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! suite-client inc START COUNT      # connect(START), COUNT x inc(); prints "pid=P last=V"
 //! suite-client get START            # prints "pid=P value=V"
-//! suite-client fragile EXPLODE      # connect Fragile; prints "ok" or the error
+//! suite-client fragile MODE         # connect Fragile (ok|panic|error); prints "hello"
 //! ```
 //! The singleton name comes from `SUITE_NAME`, the runtime dir from
 //! `LOOPBACK_SINGLETON_DIR`. Errors go to stderr with exit status 1.
@@ -38,7 +38,7 @@ fn run() -> Result<(), loopback_singleton::Error> {
         Some("fragile") => {
             let fragile = FragileClient::builder()
                 .name(name)
-                .connect(args[1] == "true")?;
+                .connect(args[1].clone())?;
             println!("{}", fragile.hello()?);
         }
         other => panic!("unknown command {other:?}"),
