@@ -504,7 +504,11 @@ fn instance_thread<S: Service>(
         }
     };
     let instance = match catch_unwind(AssertUnwindSafe(|| S::construct(init))) {
-        Ok(instance) => instance,
+        Ok(Ok(instance)) => instance,
+        Ok(Err(reason)) => {
+            let _ = built.send(Err(format!("the constructor failed: {reason}")));
+            return;
+        }
         Err(panic) => {
             let _ = built.send(Err(format!(
                 "the constructor panicked: {}",
