@@ -138,6 +138,20 @@ impl<S: Service> Builder<S> {
         self
     }
 
+    /// How long a daemon this client starts gives a new connection to authenticate
+    /// (default 5 s); slower peers are dropped.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.options = self.options.handshake_timeout(timeout);
+        self
+    }
+
+    /// The most connections a daemon this client starts serves at once (default 4096);
+    /// further ones are closed at once.
+    pub fn max_connections(mut self, connections: u32) -> Self {
+        self.options = self.options.max_connections(connections);
+        self
+    }
+
     /// Replaces all daemon-side settings at once.
     pub fn serve_options(mut self, options: ServeOptions) -> Self {
         self.options = options;
@@ -528,7 +542,19 @@ impl Inner {
         let mut connection = self.checkout()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         wire::begin_message(&mut connection.buf, id, kind);
-        encode_body(&mut connection.buf)?;
+        // A request that cannot be encoded or sent leaves the connection as it was.
+        let encoded = encode_body(&mut connection.buf).and_then(|()| {
+            let (len, limit) = ((connection.buf.len() - 4) as u64, u64::from(self.max_frame));
+            if len > limit {
+                Err(Error::Protocol(ProtocolError::FrameTooLarge { len, limit }))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = encoded {
+            self.checkin(connection);
+            return Err(error);
+        }
         wire::finish_frame(&mut connection.buf);
         let body = match self.round_trip(&mut connection, id) {
             Ok(body) => body,

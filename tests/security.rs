@@ -1,0 +1,348 @@
+//! Intruders and bad input: mutual authentication, frame limits, handshake deadlines,
+//! the connection cap, a storm of garbage, and the runtime directory's permissions.
+//! After each attack a normal client still gets exact answers.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use common::raw::{self, Rng};
+use loopback_singleton::{Error, ProtocolError, Service};
+use loopback_singleton_suite::{Counter, CounterClient};
+
+fn daemon(env: &TestEnv) -> CounterClient {
+    env.builder::<Counter>()
+        .handshake_timeout(Duration::from_millis(400))
+        .connect(0)
+        .unwrap()
+}
+
+#[test]
+fn a_peer_without_the_secret_gets_nothing_but_a_closed_connection() {
+    let env = TestEnv::new("nosecret");
+    let counter = daemon(&env);
+    let (port, secret) = raw::port_and_secret(&env.dir());
+
+    // Garbage instead of a hello.
+    let mut stream = raw::connect(port);
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(raw::closed_silently(&mut stream, Duration::from_secs(5)));
+
+    // A well-formed hello, then a proof made with the wrong secret.
+    let mut stream = raw::connect(port);
+    let nonce = [1u8; 32];
+    raw::send(
+        &mut stream,
+        &raw::Hello {
+            magic: raw::MAGIC,
+            version: raw::VERSION,
+            nonce,
+        },
+    )
+    .unwrap();
+    let challenge: raw::Challenge =
+        postcard::from_bytes(&raw::receive(&mut stream).unwrap()).unwrap();
+    // The daemon proved itself with the real secret, and only with it.
+    assert_eq!(
+        challenge.proof,
+        raw::proof(&secret, true, &nonce, &challenge.nonce)
+    );
+    assert_ne!(
+        challenge.proof,
+        raw::proof(&[0; 32], true, &nonce, &challenge.nonce)
+    );
+    // Replaying the daemon's own proof as the client's fails too (labels differ).
+    for proof in [
+        raw::proof(&[0; 32], false, &nonce, &challenge.nonce),
+        challenge.proof,
+    ] {
+        let mut stream = raw::connect(port);
+        raw::send(
+            &mut stream,
+            &raw::Hello {
+                magic: raw::MAGIC,
+                version: raw::VERSION,
+                nonce,
+            },
+        )
+        .unwrap();
+        let challenge: raw::Challenge =
+            postcard::from_bytes(&raw::receive(&mut stream).unwrap()).unwrap();
+        let proof = if proof == [0; 32] {
+            proof
+        } else {
+            raw::proof(&secret, true, &nonce, &challenge.nonce)
+        };
+        let auth = raw::Auth {
+            proof,
+            schema: Counter::SCHEMA,
+            init: None,
+            init_description: String::new(),
+        };
+        raw::send(&mut stream, &auth).unwrap();
+        assert!(
+            raw::closed_silently(&mut stream, Duration::from_secs(5)),
+            "no verdict without a valid proof"
+        );
+    }
+
+    // The real secret is accepted; the daemon served everyone else meanwhile.
+    raw::close(raw::authenticate(port, &secret, Counter::SCHEMA));
+    assert_eq!(counter.inc().unwrap(), 1);
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn an_oversized_frame_closes_that_connection_only() {
+    let env = TestEnv::new("oversized");
+    let counter = env
+        .builder::<Counter>()
+        .max_frame_size(1 << 20)
+        .connect(0)
+        .unwrap();
+    let (port, secret) = raw::port_and_secret(&env.dir());
+
+    // During the handshake: a length prefix of 4 GiB.
+    let mut stream = raw::connect(port);
+    stream.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert!(raw::closed_silently(&mut stream, Duration::from_secs(5)));
+
+    // After authenticating: just above the configured limit.
+    let mut stream = raw::authenticate(port, &secret, Counter::SCHEMA);
+    stream.write_all(&((1u32 << 20) + 1).to_le_bytes()).unwrap();
+    assert!(raw::closed_silently(&mut stream, Duration::from_secs(5)));
+
+    // A request above the limit is refused by the client before it is sent, and the
+    // connection stays usable.
+    match counter.echo(vec![0; 2 << 20]) {
+        Err(Error::Protocol(ProtocolError::FrameTooLarge { limit, .. })) => {
+            assert_eq!(limit, 1 << 20)
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert_eq!(counter.inc().unwrap(), 1, "the daemon serves on");
+    assert_eq!(counter.echo(vec![9; 1000]).unwrap(), vec![9; 1000]);
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn silent_and_slow_handshakes_are_dropped_at_the_deadline() {
+    let env = TestEnv::new("deadline");
+    let counter = daemon(&env);
+    let (port, _) = raw::port_and_secret(&env.dir());
+
+    let mut silent = raw::connect(port);
+    let slow = std::thread::spawn(move || {
+        // One byte every 100 ms: a valid hello would take seconds.
+        let mut stream = raw::connect(port);
+        let hello = raw::frame(
+            &postcard::to_stdvec(&raw::Hello {
+                magic: raw::MAGIC,
+                version: 1,
+                nonce: [3; 32],
+            })
+            .unwrap(),
+        );
+        let started = Instant::now();
+        for byte in hello {
+            if stream.write_all(&[byte]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        started.elapsed()
+    });
+    // Meanwhile a well-behaved client is served.
+    for expected in 1..=20 {
+        assert_eq!(counter.inc().unwrap(), expected);
+    }
+    assert!(
+        raw::closed_silently(&mut silent, Duration::from_secs(5)),
+        "the silent peer was dropped"
+    );
+    let slow_for = slow.join().unwrap();
+    assert!(
+        slow_for < Duration::from_secs(4),
+        "the slow peer was cut off at the deadline ({slow_for:?})"
+    );
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn the_connection_cap_closes_extras_and_existing_clients_are_served() {
+    let env = TestEnv::new("cap");
+    let counter = env
+        .builder::<Counter>()
+        .max_connections(4)
+        .handshake_timeout(Duration::from_millis(500))
+        .connect(0)
+        .unwrap();
+    let (port, _) = raw::port_and_secret(&env.dir());
+    // The client holds one slot; three idle peers take the rest.
+    let mut idle: Vec<_> = (0..3).map(|_| raw::connect(port)).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut extra = raw::connect(port);
+    assert!(
+        raw::closed_silently(&mut extra, Duration::from_millis(400)),
+        "over the cap: closed at once"
+    );
+    assert_eq!(
+        counter.inc().unwrap(),
+        1,
+        "an existing client is served while the cap is full"
+    );
+    // The idle peers are dropped at the handshake deadline; newcomers get in again.
+    for stream in &mut idle {
+        assert!(raw::closed_silently(stream, Duration::from_secs(5)));
+    }
+    let newcomer: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_eq!(newcomer.inc().unwrap(), 2);
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn a_storm_of_garbage_leaves_the_daemon_serving_exact_answers() {
+    let env = TestEnv::new("storm");
+    let counter = env
+        .builder::<Counter>()
+        .handshake_timeout(Duration::from_millis(300))
+        .connect(0)
+        .unwrap();
+    let (port, secret) = raw::port_and_secret(&env.dir());
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let hello = postcard::to_stdvec(&raw::Hello {
+        magic: raw::MAGIC,
+        version: 1,
+        nonce: [5; 32],
+    })
+    .unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    // Before authentication: random bytes, random and huge length prefixes, truncated
+    // and bit-flipped hellos.
+    for round in 0..1500 {
+        let mut stream = raw::connect(port);
+        let bytes = match round % 4 {
+            0 => {
+                let len = rng.below(64) as usize;
+                rng.bytes(len)
+            }
+            1 => {
+                let mut bytes = (rng.next() as u32).to_le_bytes().to_vec();
+                let len = rng.below(32) as usize;
+                bytes.extend(rng.bytes(len));
+                bytes
+            }
+            2 => raw::frame(&hello)[..rng.below(hello.len() as u64 + 4) as usize].to_vec(),
+            _ => {
+                let mut bytes = raw::frame(&hello);
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << rng.below(8);
+                bytes
+            }
+        };
+        let _ = stream.write_all(&bytes);
+        sent += 1;
+        raw::close(stream);
+    }
+    // After authentication: random request frames (unknown kinds, undecodable bodies).
+    for _ in 0..50 {
+        let mut stream = raw::authenticate(port, &secret, Counter::SCHEMA);
+        for _ in 0..40 {
+            let len = rng.below(48) as usize;
+            let _ = stream.write_all(&raw::frame(&rng.bytes(len)));
+            sent += 1;
+        }
+        raw::close(stream);
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(sent >= 3500);
+    // Exact answers afterwards, from this client and a fresh one.
+    for expected in 1..=100 {
+        assert_eq!(counter.inc().unwrap(), expected);
+    }
+    let fresh: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_eq!(fresh.get().unwrap(), 100);
+    assert!(counter.ping().unwrap().calls_served >= 101);
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn a_daemon_reply_to_an_undecodable_request_is_a_typed_error() {
+    let env = TestEnv::new("badrequest");
+    let counter = daemon(&env);
+    let (port, secret) = raw::port_and_secret(&env.dir());
+    let mut stream = raw::authenticate(port, &secret, Counter::SCHEMA);
+    // id 9, kind 0 (call), method 200: no such variant.
+    raw::send(&mut stream, &(9u64, 0u8, 200u32)).unwrap();
+    let reply = raw::receive(&mut stream).unwrap();
+    let ((id, status), body) = postcard::take_from_bytes::<(u64, u8)>(&reply).unwrap();
+    assert_eq!((id, status), (9, 1), "an error reply to call 9");
+    let error: loopback_singleton::RemoteError = postcard::from_bytes(body).unwrap();
+    assert!(
+        matches!(error, loopback_singleton::RemoteError::BadRequest { .. }),
+        "{error:?}"
+    );
+    // The same connection keeps working.
+    raw::send(&mut stream, &(10u64, 0u8, 0u32)).unwrap(); // method 0: inc()
+    let reply = raw::receive(&mut stream).unwrap();
+    assert_eq!(
+        postcard::from_bytes::<(u64, u8, u64)>(&reply).unwrap(),
+        (10, 0, 1)
+    );
+    raw::close(stream);
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn runtime_files_are_private_from_creation() {
+    let env = TestEnv::new("private");
+    let counter = daemon(&env);
+    let mode = |name: &str| {
+        std::fs::metadata(env.dir().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700);
+    for file in ["metadata.json", "secret", "lock", "daemon.log"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn an_untrustworthy_runtime_dir_is_refused_with_a_fix() {
+    let env = TestEnv::new("untrusted");
+    std::fs::create_dir_all(env.dir()).unwrap();
+
+    std::fs::set_permissions(env.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let error = env.builder::<Counter>().connect(0).unwrap_err();
+    assert!(matches!(&error, Error::RuntimeDir { .. }), "{error:?}");
+    assert!(error.to_string().contains("chmod 700"), "{error}");
+
+    std::fs::set_permissions(env.dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // SAFETY: chown on a path we own, to another uid (the tests run as root here, or fail).
+    let path = std::ffi::CString::new(env.dir().to_str().unwrap()).unwrap();
+    if unsafe { libc::chown(path.as_ptr(), 4242, 4242) } == 0 {
+        let error = env.builder::<Counter>().connect(0).unwrap_err().to_string();
+        assert!(error.contains("owned by uid 4242"), "{error}");
+    }
+    std::fs::remove_dir_all(env.dir()).unwrap();
+
+    let elsewhere = env.base.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, env.dir()).unwrap();
+    let error = env.builder::<Counter>().connect(0).unwrap_err().to_string();
+    assert!(error.contains("symbolic link"), "{error}");
+    assert!(
+        !env.metadata_path().exists(),
+        "no daemon started in an untrusted place"
+    );
+}
