@@ -33,21 +33,9 @@ fn a_peer_without_the_secret_gets_nothing_but_a_closed_connection() {
         .unwrap();
     assert!(raw::closed_silently(&mut stream, Duration::from_secs(5)));
 
-    // A well-formed hello, then a proof made with the wrong secret.
-    let mut stream = raw::connect(port);
+    // A well-formed hello: the daemon proves itself with the real secret, and only it.
     let nonce = [1u8; 32];
-    raw::send(
-        &mut stream,
-        &raw::Hello {
-            magic: raw::MAGIC,
-            version: raw::VERSION,
-            nonce,
-        },
-    )
-    .unwrap();
-    let challenge: raw::Challenge =
-        postcard::from_bytes(&raw::receive(&mut stream).unwrap()).unwrap();
-    // The daemon proved itself with the real secret, and only with it.
+    let challenge = raw::hello(&mut raw::connect(port), nonce);
     assert_eq!(
         challenge.proof,
         raw::proof(&secret, true, &nonce, &challenge.nonce)
@@ -56,35 +44,17 @@ fn a_peer_without_the_secret_gets_nothing_but_a_closed_connection() {
         challenge.proof,
         raw::proof(&[0; 32], true, &nonce, &challenge.nonce)
     );
-    // Replaying the daemon's own proof as the client's fails too (labels differ).
-    for proof in [
-        raw::proof(&[0; 32], false, &nonce, &challenge.nonce),
-        challenge.proof,
-    ] {
+
+    // Answers without the secret get no verdict: a proof made with another secret, and
+    // the daemon's own proof replayed as the client's (the role labels differ).
+    let forged: [fn(&raw::Challenge) -> [u8; 32]; 2] = [
+        |challenge| raw::proof(&[0; 32], false, &[1; 32], &challenge.nonce),
+        |challenge| challenge.proof,
+    ];
+    for forge in forged {
         let mut stream = raw::connect(port);
-        raw::send(
-            &mut stream,
-            &raw::Hello {
-                magic: raw::MAGIC,
-                version: raw::VERSION,
-                nonce,
-            },
-        )
-        .unwrap();
-        let challenge: raw::Challenge =
-            postcard::from_bytes(&raw::receive(&mut stream).unwrap()).unwrap();
-        let proof = if proof == [0; 32] {
-            proof
-        } else {
-            raw::proof(&secret, true, &nonce, &challenge.nonce)
-        };
-        let auth = raw::Auth {
-            proof,
-            schema: Counter::SCHEMA,
-            init: None,
-            init_description: String::new(),
-        };
-        raw::send(&mut stream, &auth).unwrap();
+        let challenge = raw::hello(&mut stream, nonce);
+        raw::answer(&mut stream, forge(&challenge), Counter::SCHEMA);
         assert!(
             raw::closed_silently(&mut stream, Duration::from_secs(5)),
             "no verdict without a valid proof"

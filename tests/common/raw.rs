@@ -35,10 +35,10 @@ pub struct Auth {
     pub init_description: String,
 }
 
+/// Only `Welcome` is decoded here; anything else fails the test that expects it.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Verdict {
     Welcome { pid: u32, instance: u64 },
-    Rejected(u32),
 }
 
 pub fn proof(
@@ -113,12 +113,10 @@ pub fn connect(port: u16) -> TcpStream {
     stream
 }
 
-/// Runs the whole handshake with `secret`; returns the authenticated stream.
-pub fn authenticate(port: u16, secret: &[u8; 32], schema: u64) -> TcpStream {
-    let mut stream = connect(port);
-    let nonce = [7u8; 32];
+/// Sends a hello with `nonce` and returns the daemon's challenge.
+pub fn hello(stream: &mut TcpStream, nonce: [u8; 32]) -> Challenge {
     send(
-        &mut stream,
+        stream,
         &Hello {
             magic: MAGIC,
             version: VERSION,
@@ -126,19 +124,35 @@ pub fn authenticate(port: u16, secret: &[u8; 32], schema: u64) -> TcpStream {
         },
     )
     .unwrap();
-    let challenge: Challenge = postcard::from_bytes(&receive(&mut stream).unwrap()).unwrap();
+    postcard::from_bytes(&receive(stream).unwrap()).unwrap()
+}
+
+/// Answers a challenge with `proof` (and no init check).
+pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: u64) {
+    let auth = Auth {
+        proof,
+        schema,
+        init: None,
+        init_description: String::new(),
+    };
+    send(stream, &auth).unwrap();
+}
+
+/// Runs the whole handshake with `secret`; returns the authenticated stream.
+pub fn authenticate(port: u16, secret: &[u8; 32], schema: u64) -> TcpStream {
+    let mut stream = connect(port);
+    let nonce = [7u8; 32];
+    let challenge = hello(&mut stream, nonce);
     assert_eq!(
         challenge.proof,
         proof(secret, true, &nonce, &challenge.nonce),
         "the daemon proves itself"
     );
-    let auth = Auth {
-        proof: proof(secret, false, &nonce, &challenge.nonce),
+    answer(
+        &mut stream,
+        proof(secret, false, &nonce, &challenge.nonce),
         schema,
-        init: None,
-        init_description: String::new(),
-    };
-    send(&mut stream, &auth).unwrap();
+    );
     let verdict: Verdict = postcard::from_bytes(&receive(&mut stream).unwrap()).unwrap();
     assert!(matches!(verdict, Verdict::Welcome { .. }), "{verdict:?}");
     stream
