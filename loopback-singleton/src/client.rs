@@ -269,6 +269,42 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<S: Service> Client<S> {
     fn connect(builder: Builder<S>, init: S::Init) -> Result<Self, Error> {
+        let inner = Self::prepare(builder, &init)?;
+        let connection = inner.open()?;
+        inner.checkin(connection);
+        Ok(Client {
+            inner: Arc::new(inner),
+            service: PhantomData,
+        })
+    }
+
+    /// Finds a live host of `S` and returns a client connected to it; if none runs,
+    /// calls `start` instead of spawning a daemon, with the start lock held and stale
+    /// files removed (what a single-instance primary does: it hosts `S` itself).
+    /// `start` must publish its host before returning, so that the processes waiting for
+    /// the lock find it. The returned client serves one call: it must not reconnect,
+    /// because a reconnection could spawn.
+    pub(crate) fn find_or_start<T>(
+        builder: Builder<S>,
+        init: S::Init,
+        start: impl FnOnce(&RuntimeDir, &Launch) -> Result<T, Error>,
+    ) -> Result<FoundOrStarted<S, T>, Error> {
+        let inner = Self::prepare(builder, &init)?;
+        match inner.find_or_start(false, |_| start(&inner.dir, &inner.launch))? {
+            Established::Found(connection, endpoint) => {
+                *inner.endpoint() = Some(endpoint);
+                inner.checkin(connection);
+                Ok(FoundOrStarted::Found(Client {
+                    inner: Arc::new(inner),
+                    service: PhantomData,
+                }))
+            }
+            Established::Started(started) => Ok(FoundOrStarted::Started(started)),
+        }
+    }
+
+    /// The client's state before its first connection.
+    fn prepare(builder: Builder<S>, init: &S::Init) -> Result<Inner, Error> {
         let name = builder
             .options
             .name
@@ -302,13 +338,22 @@ impl<S: Service> Client<S> {
             idle: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
         };
-        let connection = inner.open()?;
-        inner.checkin(connection);
-        Ok(Client {
-            inner: Arc::new(inner),
-            service: PhantomData,
-        })
+        Ok(inner)
     }
+}
+
+/// What [`Client::find_or_start`] came to.
+pub(crate) enum FoundOrStarted<S, T> {
+    /// A live host answered: a client connected to it.
+    Found(Client<S>),
+    /// None ran: what `start` returned.
+    Started(T),
+}
+
+/// What [`Inner::find_or_start`] came to.
+enum Established<T> {
+    Found(Connection, Endpoint),
+    Started(T),
 }
 
 impl<S> Client<S> {
@@ -678,11 +723,26 @@ impl Inner {
     /// Finds the running daemon or starts one: try first; on failure take the start
     /// lock, try again under it, clean stale files, spawn, wait for readiness.
     fn establish(&self) -> Result<(Connection, Endpoint), Error> {
+        match self.find_or_start(true, |deadline| self.spawn(deadline))? {
+            Established::Found(connection, endpoint)
+            | Established::Started((connection, endpoint)) => Ok((connection, endpoint)),
+        }
+    }
+
+    /// [`establish`](Self::establish) with `start` in place of spawning (`spawning`
+    /// applies the spawn-only checks: `LOOPBACK_SINGLETON_NO_SPAWN`, daemon mode).
+    fn find_or_start<T>(
+        &self,
+        spawning: bool,
+        start: impl FnOnce(Instant) -> Result<T, Error>,
+    ) -> Result<Established<T>, Error> {
         let deadline = Instant::now() + self.start_timeout;
         let mut start_lock = None;
         loop {
             match self.probe() {
-                Probe::Found(connection, endpoint) => return Ok((connection, endpoint)),
+                Probe::Found(connection, endpoint) => {
+                    return Ok(Established::Found(connection, endpoint));
+                }
                 Probe::Fatal(error) => return Err(error),
                 Probe::Busy(error) => {
                     if Instant::now() >= deadline {
@@ -692,12 +752,12 @@ impl Inner {
                 }
                 Probe::Absent if start_lock.is_some() => break,
                 Probe::Absent => {
-                    if spawn::spawn_disabled() {
+                    if spawning && spawn::spawn_disabled() {
                         return Err(Error::NotRunning {
                             name: self.name.clone(),
                         });
                     }
-                    if spawn::in_daemon_mode() {
+                    if spawning && spawn::in_daemon_mode() {
                         return Err(Error::StartFailed {
                             name: self.name.clone(),
                             reason: "this process is a loopback-singleton daemon, and a daemon never spawns another"
@@ -710,9 +770,9 @@ impl Inner {
             }
         }
         self.dir.remove_stale()?;
-        let started = self.spawn(deadline)?;
+        let started = start(deadline)?;
         drop(start_lock);
-        Ok(started)
+        Ok(Established::Started(started))
     }
 
     /// Spawns a daemon (the start lock is held) and connects to it.

@@ -217,6 +217,20 @@ enum ToInstance {
     Retire,
 }
 
+/// Builds the instance on the instance thread (so it need not be `Send`): for a daemon,
+/// the `#[init]` constructor on the decoded arguments; for an in-process host (a
+/// single-instance primary), any closure. `Err` carries the reason reported to clients.
+pub(crate) type Construct<S> = Box<dyn FnOnce() -> Result<S, String> + Send>;
+
+/// A daemon's constructor: decodes the init arguments and runs `S::construct`.
+fn construct_from<S: Service>(init: Vec<u8>) -> Construct<S> {
+    Box::new(move || {
+        let init: S::Init = postcard::from_bytes(&init)
+            .map_err(|error| format!("decoding the init arguments: {error}"))?;
+        S::construct(init).map_err(|reason| format!("the constructor failed: {reason}"))
+    })
+}
+
 fn run<S: Service>(
     dir: &RuntimeDir,
     launch: Launch,
@@ -224,6 +238,29 @@ fn run<S: Service>(
     lock: Option<StartLock>,
 ) -> Result<(), Error> {
     raise_fd_limit();
+    let construct = construct_from::<S>(launch.init.clone());
+    let started = start::<S>(dir, launch, construct, &mut ready)?;
+    drop(lock);
+    started.serve(dir)
+}
+
+/// A host that is bound, built and published, but not serving yet.
+struct Started {
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    secret: Secret,
+    to_instance: mpsc::UnboundedSender<ToInstance>,
+    instance_thread: std::thread::JoinHandle<()>,
+}
+
+/// Binds, builds the instance on its thread, publishes secret and metadata, and reports
+/// readiness.
+fn start<S: Service>(
+    dir: &RuntimeDir,
+    launch: Launch,
+    construct: Construct<S>,
+    ready: &mut ReadySender,
+) -> Result<Started, Error> {
     let fail = |ready: &mut ReadySender, reason: String| {
         log(&format!("start failed: {reason}"));
         ready.send(&Readiness::Failed {
@@ -237,7 +274,7 @@ fn run<S: Service>(
 
     let listener = match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)) {
         Ok(listener) => listener,
-        Err(error) => return Err(fail(&mut ready, format!("binding 127.0.0.1: {error}"))),
+        Err(error) => return Err(fail(ready, format!("binding 127.0.0.1: {error}"))),
     };
     let port = listener.local_addr().map(|addr| addr.port()).unwrap_or(0);
     let shared = Arc::new(Shared {
@@ -261,19 +298,22 @@ fn run<S: Service>(
     let (built_tx, built_rx) = std::sync::mpsc::channel();
     let instance_thread = {
         let shared = Arc::clone(&shared);
-        let init = launch.init;
+        let quiet = QUIET.get();
         std::thread::Builder::new()
             .name("loopback-singleton-instance".into())
-            .spawn(move || instance_thread::<S>(init, built_tx, from_front, shared))
-            .map_err(|error| fail(&mut ready, format!("spawning the instance thread: {error}")))?
+            .spawn(move || {
+                QUIET.set(quiet);
+                instance_thread::<S>(construct, built_tx, from_front, shared)
+            })
+            .map_err(|error| fail(ready, format!("spawning the instance thread: {error}")))?
     };
     match built_rx.recv() {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => {
             let _ = instance_thread.join();
-            return Err(fail(&mut ready, reason));
+            return Err(fail(ready, reason));
         }
-        Err(_) => return Err(fail(&mut ready, "the instance thread died".into())),
+        Err(_) => return Err(fail(ready, "the instance thread died".into())),
     }
 
     let secret: Secret = wire::random_bytes();
@@ -295,7 +335,7 @@ fn run<S: Service>(
     {
         let _ = to_instance.send(ToInstance::Retire);
         let _ = instance_thread.join();
-        return Err(fail(&mut ready, error.to_string()));
+        return Err(fail(ready, error.to_string()));
     }
     log(&format!(
         "serving `{}` (pid {}, instance {:016x}) on 127.0.0.1:{port}",
@@ -306,8 +346,37 @@ fn run<S: Service>(
         pid: shared.pid,
         instance: shared.instance,
     });
-    drop(lock);
+    Ok(Started {
+        listener,
+        shared,
+        secret,
+        to_instance,
+        instance_thread,
+    })
+}
 
+impl Started {
+    /// Serves until the host retires, then unpublishes it and drops the instance.
+    fn serve(self, dir: &RuntimeDir) -> Result<(), Error> {
+        let Started {
+            listener,
+            shared,
+            secret,
+            to_instance,
+            instance_thread,
+        } = self;
+        serve_until_retired(dir, listener, shared, secret, to_instance, instance_thread)
+    }
+}
+
+fn serve_until_retired(
+    dir: &RuntimeDir,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    secret: Secret,
+    to_instance: mpsc::UnboundedSender<ToInstance>,
+    instance_thread: std::thread::JoinHandle<()>,
+) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -481,7 +550,7 @@ async fn write_message<T: Serialize>(
 /// told to retire; drops the instance last (after any call in flight), so that a
 /// service can persist its state in `Drop`.
 fn instance_thread<S: Service>(
-    init: Vec<u8>,
+    construct: Construct<S>,
     built: std::sync::mpsc::Sender<Result<(), String>>,
     mut from_front: mpsc::UnboundedReceiver<ToInstance>,
     shared: Arc<Shared>,
@@ -496,17 +565,10 @@ fn instance_thread<S: Service>(
             return;
         }
     };
-    let init: S::Init = match postcard::from_bytes(&init) {
-        Ok(init) => init,
-        Err(error) => {
-            let _ = built.send(Err(format!("decoding the init arguments: {error}")));
-            return;
-        }
-    };
-    let instance = match catch_unwind(AssertUnwindSafe(|| S::construct(init))) {
+    let instance = match catch_unwind(AssertUnwindSafe(construct)) {
         Ok(Ok(instance)) => instance,
         Ok(Err(reason)) => {
-            let _ = built.send(Err(format!("the constructor failed: {reason}")));
+            let _ = built.send(Err(reason));
             return;
         }
         Err(panic) => {
@@ -700,8 +762,17 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// Set on the threads of an in-process host that was not asked to be verbose: an
+    /// application's stderr is not a daemon log.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A line in the daemon's log (its stderr is the log file).
 fn log(message: &str) {
+    if QUIET.get() {
+        return;
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -729,6 +800,56 @@ fn raise_fd_limit() {
                 limit.rlim_cur = limit.rlim_max;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
             }
+        }
+    }
+}
+
+/// A service hosted on background threads of the calling process, not in a detached
+/// daemon: no fork, no log redirection (logs only when `verbose`). What a
+/// single-instance primary runs. [`stop`](Self::stop) asks it to retire;
+/// [`join`](Self::join) waits until it has unpublished itself and dropped the instance.
+pub(crate) struct Background {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts `S` in this process (the start lock, if needed, is the caller's to hold):
+/// returns once it is published and accepting.
+pub(crate) fn start_background<S: Service>(
+    dir: RuntimeDir,
+    launch: Launch,
+    construct: Construct<S>,
+    verbose: bool,
+) -> Result<Background, Error> {
+    let previous = QUIET.replace(!verbose);
+    let started = start::<S>(&dir, launch, construct, &mut ReadySender::none());
+    QUIET.set(previous);
+    let started = started?;
+    let shared = Arc::clone(&started.shared);
+    let thread = std::thread::Builder::new()
+        .name("loopback-singleton-front".into())
+        .spawn(move || {
+            QUIET.set(!verbose);
+            let _ = started.serve(&dir);
+        })
+        .map_err(|error| Error::io("spawning the front thread", error))?;
+    Ok(Background {
+        shared,
+        thread: Some(thread),
+    })
+}
+
+impl Background {
+    /// Asks the host to retire (new handshakes are refused from now on); returns at once.
+    pub(crate) fn stop(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        self.shared.wake_front.notify_one();
+    }
+
+    /// Waits until the host has retired: unpublished, listener closed, instance dropped.
+    pub(crate) fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

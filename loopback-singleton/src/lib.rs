@@ -6,6 +6,7 @@ mod daemon;
 mod error;
 mod runtime_dir;
 mod service;
+mod single_instance;
 mod spawn;
 mod wire;
 
@@ -14,6 +15,10 @@ pub use daemon::ServeOptions;
 pub use error::{Error, ProtocolError, RemoteError};
 pub use loopback_singleton_macros::local_singleton;
 pub use service::{Dispatch, Fingerprint, Service};
+pub use single_instance::{
+    AnotherInstance, CallbackId, Delivery, Message, Messages, Payload, Primary, Role,
+    SingleInstance, single_instance,
+};
 pub use wire::DaemonInfo;
 
 /// What generated code reaches through one path, so that a user's `Cargo.toml` needs
