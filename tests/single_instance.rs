@@ -68,8 +68,12 @@ impl Launch {
         self.child.id()
     }
 
-    /// The next line starting with `prefix` (earlier lines are kept in `seen`).
+    /// The first line starting with `prefix` not taken yet (lines are printed by several
+    /// threads, so others may come first: they are kept in `seen`).
     fn expect(&mut self, prefix: &str) -> String {
+        if let Some(at) = self.seen.iter().position(|line| line.starts_with(prefix)) {
+            return self.seen.remove(at);
+        }
         let deadline = Instant::now() + LIMIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
