@@ -225,6 +225,8 @@ struct Connection {
     reader: BufReader<TcpStream>,
     buf: Vec<u8>,
     instance: u64,
+    /// Length of the last request sent from `buf` (its reply has replaced it since).
+    request_len: usize,
 }
 
 struct Inner {
@@ -601,6 +603,7 @@ impl Inner {
             return Err(error);
         }
         wire::finish_frame(&mut connection.buf);
+        connection.request_len = connection.buf.len();
         let body = match self.round_trip(&mut connection, id) {
             Ok(body) => body,
             Err(error) => {
@@ -685,7 +688,10 @@ impl Inner {
 
     fn checkin(&self, mut connection: Connection) {
         const KEEP: usize = 64 << 10;
-        if connection.buf.capacity() > 16 * KEEP {
+        // Large buffers stay while the last call filled a good part of them (a run of
+        // large calls reuses one allocation); a huge one no longer used is let go.
+        let used = connection.buf.len().max(connection.request_len);
+        if connection.buf.capacity() > 16 * KEEP && used < connection.buf.capacity() / 4 {
             connection.buf = Vec::with_capacity(KEEP);
         }
         lock(&self.idle).push(connection);
@@ -952,6 +958,7 @@ impl Inner {
             reader,
             buf,
             instance,
+            request_len: 0,
         })
     }
 

@@ -603,11 +603,13 @@ struct Buffers {
 }
 
 impl Buffers {
-    /// Keeps one huge payload from pinning its memory for the connection's lifetime.
+    /// Keeps one huge payload from pinning its memory for the connection's lifetime,
+    /// but keeps a big buffer while messages still fill a good part of it: dropping it
+    /// after every large call cost a fresh allocation and its page faults per call.
     fn trim(&mut self) {
         const KEEP: usize = 64 << 10;
         for buf in [&mut self.input, &mut self.output] {
-            if buf.capacity() > 16 * KEEP {
+            if buf.capacity() > 16 * KEEP && buf.len() < buf.capacity() / 4 {
                 *buf = Vec::with_capacity(KEEP);
             }
         }
@@ -650,10 +652,13 @@ async fn connection_loop<S: Service>(
             log("closing a connection: malformed request header");
             return Err(());
         };
+        // Replies accumulate in `output` while requests already received wait behind
+        // this one (see below); each starts its own frame at the end.
+        let start = output.len();
         match kind {
             wire::KIND_CALL => run_call(instance, shared, id, body, output).await,
             wire::KIND_PING => {
-                wire::begin_message(output, id, wire::STATUS_OK);
+                wire::append_message(output, id, wire::STATUS_OK);
                 let info = daemon_info(shared);
                 postcard::to_io(&info, &mut *output).expect("encoding into a Vec cannot fail");
             }
@@ -661,7 +666,7 @@ async fn connection_loop<S: Service>(
                 log("shutdown requested by a client");
                 shared.shutting_down.store(true, Ordering::Release);
                 shared.wake_front.notify_one();
-                wire::begin_message(output, id, wire::STATUS_OK);
+                wire::append_message(output, id, wire::STATUS_OK);
             }
             other => {
                 log(&format!(
@@ -670,14 +675,22 @@ async fn connection_loop<S: Service>(
                 return Err(());
             }
         }
-        wire::finish_frame(output);
+        wire::close_frame(output, start);
+        // Pipelined calls: while the next request is already complete in the read
+        // buffer, it runs at once and its reply joins this one, so a batch of calls is
+        // answered with one write instead of one per call. Nothing here waits on the
+        // socket or on another connection.
+        if output.len() < 64 << 10 && wire::holds_frame(reader.buffer()) {
+            continue;
+        }
         writer.write_all(output).await.map_err(drop)?;
         buffers.trim();
+        buffers.output.clear();
     }
 }
 
-/// Runs one call on the instance and leaves the complete reply (minus its length) in
-/// `output`: the method's encoded return value, or the reason it has none.
+/// Runs one call on the instance and appends the reply (minus its length) to `output`:
+/// the method's encoded return value, or the reason it has none.
 async fn run_call<S: Service>(
     instance: &Mutex<Option<S>>,
     shared: &Shared,
@@ -685,7 +698,7 @@ async fn run_call<S: Service>(
     body: &[u8],
     output: &mut Vec<u8>,
 ) {
-    let status_at = wire::begin_message(output, id, wire::STATUS_OK);
+    let status_at = wire::append_message(output, id, wire::STATUS_OK);
     let fault = match postcard::from_bytes::<S::Request>(body) {
         Err(error) => Some(RemoteError::BadRequest {
             message: error.to_string(),

@@ -187,6 +187,25 @@ pub(crate) fn close_frame(buf: &mut [u8], start: usize) {
     finish_frame(&mut buf[start..]);
 }
 
+/// Appends a request or reply header as a new frame at the end of `buf` (which may
+/// hold earlier frames); returns the index of the tag byte. Close it with
+/// [`close_frame`] at the length `buf` had before.
+pub(crate) fn append_message(buf: &mut Vec<u8>, id: u64, tag: u8) -> usize {
+    open_frame(buf);
+    postcard::to_io(&id, &mut *buf).expect("encoding into a Vec cannot fail");
+    buf.push(tag);
+    buf.len() - 1
+}
+
+/// Whether `buffered` starts with a complete frame (so reading it needs no wait).
+pub(crate) fn holds_frame(buffered: &[u8]) -> bool {
+    buffered.len() >= 4
+        && (buffered.len() - 4) as u64
+            >= u64::from(u32::from_le_bytes(
+                buffered[..4].try_into().expect("4 bytes"),
+            ))
+}
+
 /// Encodes one message as a complete frame.
 pub(crate) fn encode_frame<T: Serialize>(message: &T, buf: &mut Vec<u8>) {
     begin_frame(buf);
