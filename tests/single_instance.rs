@@ -377,3 +377,37 @@ fn a_primary_killed_with_sigkill_is_succeeded_by_the_next_launch() {
     Launch::secondary(&env, &["late"], &[]);
     assert!(second.expect("msg").ends_with(r#"args=["late"]"#));
 }
+
+#[test]
+fn a_peer_without_the_secret_delivers_nothing() {
+    let env = TestEnv::new("single-auth");
+    let mut first = Launch::start(&env, &[], &[]);
+    first.expect("primary");
+    let metadata = std::fs::read_to_string(env.metadata_path()).unwrap();
+    let at = metadata.find("\"port\":").unwrap() + "\"port\":".len();
+    let port: u16 = metadata[at..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A peer that skips the handshake and sends what could pass for a message, and one
+    // that answers the challenge with a made-up proof: both are dropped unheard.
+    for payload in [&b"\x00\x02\x05hello\x00"[..], &[0u8; 200][..]] {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        let _ = stream.write_all(&frame);
+        let _ = stream.write_all(&frame);
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut sink);
+    }
+    first.send("status");
+    assert_eq!(first.expect("status"), "status secondaries=0 pending=0");
+    Launch::secondary(&env, &["real"], &[]);
+    assert!(first.expect("msg").ends_with(r#"args=["real"]"#));
+}
