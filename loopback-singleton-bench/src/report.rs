@@ -182,7 +182,7 @@ impl Report {
 
         let _ = writeln!(
             out,
-            "\n**Payload sweep** (one argument of N bytes, sequential calls on one connection; ratio to raw). \
+            "\n**Payload sweep** (one argument of N bytes, sequential calls on one connection, pinned cross-core; ratio to raw). \
              `&[u8]`: the argument as written, which serde encodes element by element (tarpc: `Vec<u8>`); \
              bytes: the same argument as `&serde_bytes::ByteBuf` (tarpc: `ByteBuf`), encoded in one copy. \
              Identical bytes on the wire.\n"
@@ -308,7 +308,8 @@ impl Report {
                 label: label
                     .replace(" client processes", " procs")
                     .replace(" client process", " proc")
-                    .replace(", 1 connection, window", " w="),
+                    .replace(", 1 connection, window", " w=")
+                    .replace(" (pinned cross-core)", ""),
                 bars: [*raw, *ours, *tarpc],
                 text: [raw, ours, tarpc].map(|r| rate(*r)),
             })
