@@ -78,6 +78,11 @@ impl Counter {
         bytes
     }
 
+    /// A byte slice argument: sums its bytes.
+    pub fn byte_sum(&self, data: &[u8]) -> u64 {
+        data.iter().map(|&b| u64::from(b)).sum()
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         std::process::id()

@@ -316,3 +316,27 @@ fn an_untrustworthy_runtime_dir_is_refused_with_a_fix() {
         "no daemon started in an untrusted place"
     );
 }
+
+#[test]
+fn byte_buffers_travel_in_the_plain_postcard_format() {
+    // The generated code moves `&[u8]` and `Vec<u8>` as serde byte strings for speed;
+    // postcard writes those exactly like a sequence of `u8`, which this checks against a
+    // peer that knows nothing of byte strings.
+    let env = TestEnv::new("bytes");
+    let counter = daemon(&env);
+    let (port, secret) = raw::port_and_secret(&env.dir());
+    let mut stream = raw::authenticate(port, &secret, Counter::SCHEMA);
+    let payload: Vec<u8> = (0..=255).collect();
+    const ECHO: u32 = 6; // the seventh exposed method of Counter
+    raw::send(&mut stream, &(1u64, 0u8, ECHO, &payload)).unwrap();
+    let reply = raw::receive(&mut stream).unwrap();
+    assert_eq!(
+        postcard::from_bytes::<(u64, u8, Vec<u8>)>(&reply).unwrap(),
+        (1, 0, payload.clone())
+    );
+    raw::close(stream);
+    // And through the generated client, both directions and the slice argument.
+    assert_eq!(counter.echo(payload.clone()).unwrap(), payload);
+    assert_eq!(counter.byte_sum(&payload).unwrap(), 255 * 256 / 2);
+    counter.shutdown().unwrap();
+}

@@ -12,7 +12,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::fingerprint;
-use crate::model::{Arg, ArgKind, Init, Method, Service};
+use crate::model::{Arg, ArgKind, Init, Method, Service, is_byte_vec};
 use crate::parse::pascal_case;
 
 /// Everything `#[local_singleton]` emits for a valid block.
@@ -83,7 +83,10 @@ fn request_enum(service: &Service, names: &Names) -> TokenStream {
         let fields = method.args.iter().map(|arg| {
             let ident = &arg.ident;
             let ty = owned_type(arg);
-            quote!(#ident: #ty)
+            let bytes = arg
+                .is_bytes()
+                .then(|| quote!(#[serde(with = "::loopback_singleton::__private::serde_bytes")]));
+            quote!(#bytes #ident: #ty)
         });
         quote! {
             #(#cfgs)*
@@ -279,15 +282,25 @@ fn dispatch_arm(service: &Service, method: &Method, request: &Ident) -> TokenStr
     let bindings = positional(&method.args);
     let passed = pass_args(&method.args, &bindings);
     let call = quote!(<#self_ty>::#ident(self #(, #passed)*));
+    // A `Vec<u8>` reply is encoded as a byte string (see `model::is_byte_vec`).
+    let reply = |value: TokenStream| {
+        if method.output.as_ref().is_some_and(is_byte_vec) {
+            quote!(::loopback_singleton::__private::serde_bytes::Bytes::new(&#value))
+        } else {
+            quote!(&#value)
+        }
+    };
     let run = if method.is_async {
+        let reply = reply(quote!(__ls_value));
         quote! {
             ::loopback_singleton::Dispatch::pending(async move {
                 let __ls_value = #call.await;
-                ::loopback_singleton::__private::encode_reply(&__ls_value, __ls_out)
+                ::loopback_singleton::__private::encode_reply(#reply, __ls_out)
             })
         }
     } else {
-        quote!(::loopback_singleton::Dispatch::ready(&#call, __ls_out))
+        let reply = reply(call);
+        quote!(::loopback_singleton::Dispatch::ready(#reply, __ls_out))
     };
     quote! {
         #(#cfgs)*
@@ -441,17 +454,30 @@ fn client_method(method: &Method, index: TokenStream) -> TokenStream {
     } = method;
     let (docs, cfgs, deprecated) = (&attrs.docs, &attrs.cfgs, &attrs.deprecated);
     let params = args.iter().map(|Arg { ident, ty, .. }| quote!(#ident: #ty));
-    let values = args.iter().map(|arg| &arg.ident);
-    let output = match output {
-        Some(ty) => quote!(#ty),
-        None => quote!(()),
+    // Byte buffers travel as byte strings (see `model::is_byte_vec`).
+    let values = args.iter().map(|arg| {
+        let ident = &arg.ident;
+        if arg.is_bytes() {
+            quote!(::loopback_singleton::__private::serde_bytes::Bytes::new(&#ident[..]))
+        } else {
+            quote!(#ident)
+        }
+    });
+    let call = quote!(self.inner.call(#index, &(#(#values,)*)));
+    let (output, call) = match output {
+        Some(ty) if is_byte_vec(ty) => (
+            quote!(#ty),
+            quote!(#call.map(::loopback_singleton::__private::serde_bytes::ByteBuf::into_vec)),
+        ),
+        Some(ty) => (quote!(#ty), call),
+        None => (quote!(()), call),
     };
     quote! {
         #(#docs)*
         #(#cfgs)*
         #(#deprecated)*
         #vis fn #ident(&self #(, #params)*) -> ::core::result::Result<#output, ::loopback_singleton::Error> {
-            self.inner.call(#index, &(#(#values,)*))
+            #call
         }
     }
 }

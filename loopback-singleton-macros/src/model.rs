@@ -84,3 +84,38 @@ pub struct ForwardedAttrs {
     /// `#[deprecated]`: copied onto the client method.
     pub deprecated: Vec<Attribute>,
 }
+
+/// Whether `ty` is `u8`.
+fn is_u8(ty: &Type) -> bool {
+    matches!(ty, Type::Path(path) if path.qself.is_none() && path.path.is_ident("u8"))
+}
+
+/// Whether `ty` is spelled `Vec<u8>` (or a path ending in it, like `std::vec::Vec<u8>`).
+///
+/// Byte buffers travel through serde's byte-string methods (`serde_bytes`) instead of
+/// element by element: postcard writes both the same way (a length, then the bytes), so
+/// the wire is unchanged, but a large buffer is copied in one piece. A type alias of
+/// `Vec<u8>` takes the element-wise path: slower, equally correct.
+pub fn is_byte_vec(ty: &Type) -> bool {
+    let Type::Path(path) = ty else { return false };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return false;
+    };
+    last.ident == "Vec"
+        && generics.args.len() == 1
+        && matches!(generics.args.first(), Some(syn::GenericArgument::Type(ty)) if is_u8(ty))
+}
+
+impl Arg {
+    /// Whether the argument is a byte buffer (`&[u8]` or `Vec<u8>`): see [`is_byte_vec`].
+    pub fn is_bytes(&self) -> bool {
+        match &self.kind {
+            ArgKind::Borrowed(Type::Slice(slice)) => is_u8(&slice.elem),
+            ArgKind::Borrowed(_) => false,
+            ArgKind::Owned(ty) => is_byte_vec(ty),
+        }
+    }
+}

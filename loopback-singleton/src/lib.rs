@@ -27,6 +27,7 @@ pub use wire::DaemonInfo;
 pub mod __private {
     pub use ctor;
     pub use serde;
+    pub use serde_bytes;
 
     pub use crate::daemon::daemon_hook;
     pub use crate::service::{IntoInstance, encode_reply};
