@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify, mpsc};
 
@@ -487,7 +487,11 @@ fn connection_closed(shared: &Shared) {
 
 /// The daemon's side of the mutual handshake (see [`crate::wire`]). Any failure closes
 /// the connection without a word: an unauthenticated peer learns nothing.
-async fn handshake(stream: &mut TcpStream, shared: &Shared, secret: &Secret) -> Result<(), ()> {
+async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut T,
+    shared: &Shared,
+    secret: &Secret,
+) -> Result<(), ()> {
     let mut buf = Vec::new();
     wire::read_frame_async(stream, &mut buf, wire::MAX_HANDSHAKE_FRAME)
         .await
@@ -538,7 +542,7 @@ async fn handshake(stream: &mut TcpStream, shared: &Shared, secret: &Secret) -> 
 }
 
 async fn write_message<T: Serialize>(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     message: &T,
     buf: &mut Vec<u8>,
 ) -> Result<(), ()> {
@@ -621,36 +625,37 @@ async fn serve_connection<S: Service>(
     instance: Rc<Mutex<Option<S>>>,
     shared: Arc<Shared>,
 ) {
-    if let Ok(stream) = TcpStream::from_std(stream) {
-        let _ = connection_loop(stream, &instance, &shared).await;
+    if let Ok(mut stream) = TcpStream::from_std(stream) {
+        let (reader, writer) = stream.split();
+        let _ = connection_loop(reader, writer, &instance, &shared).await;
     }
     connection_closed(&shared);
 }
 
 async fn connection_loop<S: Service>(
-    mut stream: TcpStream,
+    reader: impl AsyncRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin,
     instance: &Mutex<Option<S>>,
     shared: &Shared,
 ) -> Result<(), ()> {
-    let (reader, mut writer) = stream.split();
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     let mut buffers = Buffers {
         input: Vec::with_capacity(4096),
         output: Vec::with_capacity(4096),
     };
-    loop {
+    let outcome = loop {
         let Buffers { input, output } = &mut buffers;
         match wire::read_frame_async(&mut reader, input, shared.options.max_frame).await {
             Ok(()) => {}
-            Err(FrameError::Io(_)) => return Ok(()),
+            Err(FrameError::Io(_)) => break Ok(()),
             Err(FrameError::Protocol(error)) => {
                 log(&format!("closing a connection: {error}"));
-                return Err(());
+                break Err(());
             }
         }
         let Ok((id, kind, body)) = wire::split_header("request", input) else {
             log("closing a connection: malformed request header");
-            return Err(());
+            break Err(());
         };
         // Replies accumulate in `output` while requests already received wait behind
         // this one (see below); each starts its own frame at the end.
@@ -672,7 +677,7 @@ async fn connection_loop<S: Service>(
                 log(&format!(
                     "closing a connection: unknown request kind {other}"
                 ));
-                return Err(());
+                break Err(());
             }
         }
         wire::close_frame(output, start);
@@ -686,7 +691,13 @@ async fn connection_loop<S: Service>(
         writer.write_all(output).await.map_err(drop)?;
         buffers.trim();
         buffers.output.clear();
+    };
+    // The replies of pipelined requests that came before a violation still go out:
+    // those calls ran.
+    if !buffers.output.is_empty() {
+        let _ = writer.write_all(&buffers.output).await;
     }
+    outcome
 }
 
 /// Runs one call on the instance and appends the reply (minus its length) to `output`:
@@ -864,5 +875,71 @@ impl Background {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// The daemon's side of one connection, fed from a byte slice (feature `fuzzing`, and
+/// the crate's unit tests).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz {
+    use super::*;
+
+    fn shared<S: Service>(max_frame: u32) -> Shared {
+        Shared {
+            name: "fuzz".into(),
+            pid: 1,
+            instance: 7,
+            port: AtomicU32::new(1),
+            started: Instant::now(),
+            schema: S::SCHEMA,
+            init: 0,
+            init_description: "()".into(),
+            options: ServeOptions::default().max_frame_size(max_frame),
+            connections: AtomicU32::new(1),
+            calls_served: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+            wake_front: Notify::new(),
+        }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        thread_local! {
+            static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+        }
+        QUIET.set(true);
+        RUNTIME.with(|runtime| runtime.block_on(future))
+    }
+
+    /// Runs the daemon's side of the handshake on `input`; returns what it wrote and
+    /// whether it admitted the peer.
+    pub(crate) fn handshake<S: Service>(input: &[u8]) -> (Vec<u8>, bool) {
+        let shared = shared::<S>(wire::DEFAULT_MAX_FRAME);
+        let secret = [0x42; 32];
+        let mut output = Vec::new();
+        let admitted = block_on(async {
+            let mut stream = tokio::io::join(input, &mut output);
+            super::handshake(&mut stream, &shared, &secret)
+                .await
+                .is_ok()
+        });
+        (output, admitted)
+    }
+
+    /// Runs the daemon's request loop on `input` (the frames after a handshake) against
+    /// `instance`; returns what it wrote and whether it closed the connection cleanly
+    /// (at the end of the input) rather than on a protocol violation.
+    pub(crate) fn requests<S: Service>(
+        instance: S,
+        input: &[u8],
+        max_frame: u32,
+    ) -> (Vec<u8>, bool) {
+        let shared = shared::<S>(max_frame);
+        let instance = Mutex::new(Some(instance));
+        let mut output = Vec::new();
+        let clean = block_on(connection_loop(input, &mut output, &instance, &shared)).is_ok();
+        (output, clean)
     }
 }

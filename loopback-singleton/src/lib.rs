@@ -4,6 +4,9 @@
 mod client;
 mod daemon;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod runtime_dir;
 mod service;
 mod single_instance;

@@ -222,7 +222,7 @@ fn read_readiness(mut pipe: File, timeout: Duration) -> Result<Readiness, SpawnE
     }
 }
 
-fn parse_readiness(received: &[u8]) -> Result<Option<Readiness>, SpawnError> {
+pub(crate) fn parse_readiness(received: &[u8]) -> Result<Option<Readiness>, SpawnError> {
     if received.len() < 4 {
         return Ok(None);
     }
