@@ -323,6 +323,48 @@ fn a_daemon_killed_mid_call_is_a_typed_error_at_once_and_connect_starts_afresh()
 }
 
 #[test]
+fn a_frozen_daemon_is_a_timeout_not_a_hang() {
+    let env = TestEnv::new("frozen");
+    let counter: CounterClient = env
+        .builder::<Counter>()
+        .call_timeout(Duration::from_millis(500))
+        .connect(0)
+        .unwrap();
+    let pid = counter.pid().unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+
+    // A call waits no longer than its timeout.
+    let started = Instant::now();
+    match counter.inc() {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A newcomer's handshake goes unanswered: connect gives up at its limits.
+    let started = Instant::now();
+    let result = env
+        .builder::<Counter>()
+        .connect_timeout(Duration::from_millis(300))
+        .start_timeout(Duration::from_secs(1))
+        .connect(0);
+    assert!(result.is_err(), "connected to a frozen daemon");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    kill(pid);
+    assert_recovers(&env, pid, "after a frozen daemon was killed");
+}
+
+#[test]
 fn a_killed_daemons_port_taken_by_another_server_is_stale_state() {
     let env = TestEnv::new("porttaken");
 
