@@ -247,10 +247,9 @@ pub(crate) fn read_frame(
     let mut header = [0u8; 4];
     reader.read_exact(&mut header)?;
     let len = check_len(header, limit).map_err(FrameError::Protocol)?;
-    buf.clear();
-    buf.resize(len, 0);
-    reader.read_exact(buf)?;
-    Ok(())
+    prepare_payload(buf, len);
+    reader.take(len as u64).read_to_end(buf)?;
+    payload_complete(buf, len)
 }
 
 /// Reads one frame's payload into `buf` (async).
@@ -266,10 +265,27 @@ where
     let mut header = [0u8; 4];
     reader.read_exact(&mut header).await?;
     let len = check_len(header, limit).map_err(FrameError::Protocol)?;
+    prepare_payload(buf, len);
+    reader.take(len as u64).read_to_end(buf).await?;
+    payload_complete(buf, len)
+}
+
+/// Memory for a payload is committed as its bytes arrive, not as its length prefix
+/// announces: four bytes from a peer must not make the daemon allocate (and zero) up to
+/// the frame limit. A reused buffer that is already large enough costs nothing here.
+fn prepare_payload(buf: &mut Vec<u8>, len: usize) {
+    const UP_FRONT: usize = 256 << 10;
     buf.clear();
-    buf.resize(len, 0);
-    reader.read_exact(buf).await?;
-    Ok(())
+    buf.reserve(len.min(UP_FRONT));
+}
+
+/// A payload shorter than announced means the peer closed mid-frame.
+fn payload_complete(buf: &[u8], len: usize) -> Result<(), FrameError> {
+    if buf.len() == len {
+        Ok(())
+    } else {
+        Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()))
+    }
 }
 
 /// Decodes a whole handshake message.
@@ -334,6 +350,18 @@ mod tests {
             read_frame(&mut &buf[..50], &mut payload, 1024),
             Err(FrameError::Io(_))
         ));
+    }
+
+    #[test]
+    fn a_length_prefix_alone_commits_no_memory() {
+        let mut bytes = (60u32 << 20).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[1; 10]);
+        let mut payload = Vec::new();
+        assert!(matches!(
+            read_frame(&mut &bytes[..], &mut payload, 64 << 20),
+            Err(FrameError::Io(_))
+        ));
+        assert!(payload.capacity() <= 256 << 10, "{}", payload.capacity());
     }
 
     #[test]
