@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, alive, field, kill};
+use common::{TestEnv, alive, field, kill, process_state};
 use loopback_singleton::{Error, Service};
 use loopback_singleton_suite::{Counter, CounterClient};
 
@@ -333,6 +333,12 @@ fn a_frozen_daemon_is_a_timeout_not_a_hang() {
     let pid = counter.pid().unwrap();
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    // The signal is delivered asynchronously: wait until the kernel reports it stopped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_state(pid) != Some('T') {
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 
     // A call waits no longer than its timeout.
     let started = Instant::now();

@@ -108,15 +108,14 @@ pub fn kill(pid: u32) {
 
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .map(|at| stat[at + 1..].trim_start().chars().next());
-            state != Some(Some('Z'))
-        }
-        Err(_) => false,
-    }
+    process_state(pid).is_some_and(|state| state != 'Z')
+}
+
+/// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T` stopped, `Z` zombie, ...), or
+/// `None` if there is no such process.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// Waits until `pid` is gone; returns whether it went within `limit`.
