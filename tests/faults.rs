@@ -71,14 +71,9 @@ fn start_time(pid: u32) -> u64 {
     rest.split_whitespace().nth(19).unwrap().parse().unwrap()
 }
 
-/// The value of `"key": value` in the daemon's (pretty-printed) metadata JSON.
+/// The value of `"key": value` in the daemon's metadata JSON.
 fn get_field<'a>(json: &'a str, key: &str) -> &'a str {
-    let pattern = format!("\"{key}\": ");
-    let at = json
-        .find(&pattern)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + pattern.len();
-    json[at..].split([',', '\n']).next().unwrap().trim()
+    common::json_field(json, key).unwrap_or_else(|| panic!("no {key} in {json}"))
 }
 
 /// Replaces the value of `"key": value` in the daemon's (pretty-printed) metadata JSON.

@@ -384,11 +384,7 @@ fn a_peer_without_the_secret_delivers_nothing() {
     let mut first = Launch::start(&env, &[], &[]);
     first.expect("primary");
     let metadata = std::fs::read_to_string(env.metadata_path()).unwrap();
-    let at = metadata.find("\"port\":").unwrap() + "\"port\":".len();
-    let port: u16 = metadata[at..]
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
+    let port: u16 = common::json_field(&metadata, "port")
         .unwrap()
         .parse()
         .unwrap();

@@ -62,22 +62,7 @@ impl Target {
     }
 }
 
-/// Builds the bytes a peer sends from fuzz input, so that most inputs are well framed:
-/// a control byte `c` below 0x80 frames the next `c` bytes (length prefix added), one
-/// from 0x80 passes the next `c - 0x80` bytes through raw (bad or oversized prefixes).
-pub fn framed(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() * 2);
-    while let Some((&control, rest)) = data.split_first() {
-        let len = usize::from(control & 0x7f).min(rest.len());
-        let (chunk, rest) = rest.split_at(len);
-        if control & 0x80 == 0 {
-            out.extend_from_slice(&(len as u32).to_le_bytes());
-        }
-        out.extend_from_slice(chunk);
-        data = rest;
-    }
-    out
-}
+pub use loopback_singleton::fuzzing::framed;
 
 /// A frame size limit chosen by one byte of input: tiny ones to hit the limit checks,
 /// larger ones for everything else. (A reader allocates what a length prefix announces,

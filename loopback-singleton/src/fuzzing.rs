@@ -178,6 +178,23 @@ pub fn daemon_requests<S: Service>(instance: S, data: &[u8], max_frame: u32) -> 
     output
 }
 
+/// Builds the bytes a peer sends from fuzz input, so that most inputs are well framed:
+/// a control byte `c` below 0x80 frames the next `c` bytes (length prefix added), one
+/// from 0x80 passes the next `c - 0x80` bytes through raw (bad or oversized prefixes).
+pub fn framed(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() * 2);
+    while let Some((&control, rest)) = data.split_first() {
+        let len = usize::from(control & 0x7f).min(rest.len());
+        let (chunk, rest) = rest.split_at(len);
+        if control & 0x80 == 0 {
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+        }
+        out.extend_from_slice(chunk);
+        data = rest;
+    }
+    out
+}
+
 /// Polls a future that cannot wait (it reads from a byte slice) to completion.
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
@@ -247,21 +264,6 @@ mod tests {
         crate::service::encode_reply(&n, out)
     }
 
-    /// The fuzz crate's input builder (`fuzz/src/lib.rs`): a control byte below 0x80
-    /// frames the next bytes, one from 0x80 passes them through raw.
-    fn framed(mut data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        while let Some((&control, rest)) = data.split_first() {
-            let len = usize::from(control & 0x7f).min(rest.len());
-            let (chunk, rest) = rest.split_at(len);
-            if control & 0x80 == 0 {
-                out.extend_from_slice(&(len as u32).to_le_bytes());
-            }
-            out.extend_from_slice(chunk);
-            data = rest;
-        }
-        out
-    }
 
     fn request(id: u64, kind: u8, body: &[u8]) -> Vec<u8> {
         let mut frame = Vec::new();

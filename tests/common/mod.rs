@@ -87,14 +87,16 @@ impl Drop for TestEnv {
 }
 
 fn recorded_pid(metadata: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(metadata).ok()?;
-    let at = text.find("\"pid\":")? + "\"pid\":".len();
-    text[at..]
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
+    json_field(&std::fs::read_to_string(metadata).ok()?, "pid")?
         .parse()
         .ok()
+}
+
+/// The value of `"key": value` in the daemon's metadata JSON, as written.
+pub fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let pattern = format!("\"{key}\":");
+    let at = json.find(&pattern)? + pattern.len();
+    json[at..].split([',', '\n', '}']).next().map(str::trim)
 }
 
 /// SIGKILLs `pid` and waits until it is gone.

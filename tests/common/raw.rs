@@ -90,11 +90,7 @@ pub fn closed_silently(stream: &mut TcpStream, limit: Duration) -> bool {
 
 pub fn port_and_secret(dir: &Path) -> (u16, [u8; 32]) {
     let metadata = std::fs::read_to_string(dir.join("metadata.json")).unwrap();
-    let at = metadata.find("\"port\":").unwrap() + "\"port\":".len();
-    let port = metadata[at..]
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
+    let port = super::json_field(&metadata, "port")
         .unwrap()
         .parse()
         .unwrap();
