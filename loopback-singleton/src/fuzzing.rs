@@ -264,7 +264,6 @@ mod tests {
         crate::service::encode_reply(&n, out)
     }
 
-
     fn request(id: u64, kind: u8, body: &[u8]) -> Vec<u8> {
         let mut frame = Vec::new();
         let tag = wire::begin_message(&mut frame, id, kind);
