@@ -22,7 +22,8 @@ pub fn service(service: &Service) -> TokenStream {
     let request = request_enum(service, &names);
     let assertions = wire_assertions(service);
     let service_impl = service_impl(service, &names);
-    let client = client(service, &names);
+    let blocking_client = client(service, &names, Flavor::Blocking);
+    let async_client = client(service, &names, Flavor::Async);
     let hook = daemon_hook(service);
     // The assertions come first: rustc reports errors in item order, so the first error
     // about a type that can't travel names that type.
@@ -31,7 +32,8 @@ pub fn service(service: &Service) -> TokenStream {
         #assertions
         #request
         #service_impl
-        #client
+        #blocking_client
+        #async_client
         #hook
     }
 }
@@ -44,6 +46,8 @@ struct Names {
     request: Ident,
     /// `CounterClient`
     client: Ident,
+    /// `CounterAsyncClient`
+    async_client: Ident,
 }
 
 impl Names {
@@ -54,6 +58,7 @@ impl Names {
             type_name: LitStr::new(&bare.to_string(), ident.span()),
             request: format_ident!("{}Request", bare, span = ident.span()),
             client: format_ident!("{}Client", bare, span = ident.span()),
+            async_client: format_ident!("{}AsyncClient", bare, span = ident.span()),
         }
     }
 }
@@ -171,6 +176,7 @@ fn service_impl(service: &Service, names: &Names) -> TokenStream {
         type_name,
         request,
         client,
+        async_client,
     } = names;
     let self_ty = &service.self_ty;
     let name = match &service.name {
@@ -190,6 +196,7 @@ fn service_impl(service: &Service, names: &Names) -> TokenStream {
             type Request = #request;
             type Init = #init_ty;
             type Client = #client;
+            type AsyncClient = #async_client;
 
             const NAME: &'static str = #name;
             const SERVICE_ID: &'static str =
@@ -312,37 +319,76 @@ fn dispatch_arm(service: &Service, method: &Method, request: &Ident) -> TokenStr
 // The client
 // ---------------------------------------------------------------------------------------
 
-/// `CounterClient`: the struct, its `From` impl and its methods.
-fn client(service: &Service, names: &Names) -> TokenStream {
-    let Names {
-        type_name, client, ..
-    } = names;
+/// Which client is generated: `CounterClient` (blocking) or `CounterAsyncClient`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Blocking,
+    Async,
+}
+
+impl Flavor {
+    /// The runtime's untyped client the generated one wraps.
+    fn untyped(self) -> TokenStream {
+        match self {
+            Flavor::Blocking => quote!(::loopback_singleton::Client),
+            Flavor::Async => quote!(::loopback_singleton::AsyncClient),
+        }
+    }
+
+    /// `async` before a lifecycle method, and `.await` after the call it delegates to.
+    fn asyncness(self) -> (TokenStream, TokenStream) {
+        match self {
+            Flavor::Blocking => (quote!(), quote!()),
+            Flavor::Async => (quote!(async), quote!(.await)),
+        }
+    }
+}
+
+/// `CounterClient` or `CounterAsyncClient`: the struct, its `From` impl and its methods.
+fn client(service: &Service, names: &Names, flavor: Flavor) -> TokenStream {
+    let type_name = &names.type_name;
+    let client = match flavor {
+        Flavor::Blocking => &names.client,
+        Flavor::Async => &names.async_client,
+    };
     let self_ty = &service.self_ty;
     let name = type_name.value();
-    let doc = format!(
-        "The typed client of the `{name}` loopback singleton: one method per public method of \
-         `{name}`, each run on the one instance that a daemon hosts for the current user.\n\n\
-         Get one with [`{client}::connect`], which starts the daemon if none runs, or with \
-         [`{client}::builder`] to choose the name, idle TTL, timeouts, runtime directory or \
-         daemon command. Each method returns the original return value inside \
-         `Result<_, loopback_singleton::Error>`, whose error reports the transport."
-    );
-    let connect = connect_fn(service, &name);
+    let doc = match flavor {
+        Flavor::Blocking => format!(
+            "The typed client of the `{name}` loopback singleton: one method per public method \
+             of `{name}`, each run on the one instance that a daemon hosts for the current user.\n\n\
+             Get one with [`{client}::connect`], which starts the daemon if none runs, or with \
+             [`{client}::builder`] to choose the name, idle TTL, timeouts, runtime directory or \
+             daemon command. Each method returns the original return value inside \
+             `Result<_, loopback_singleton::Error>`, whose error reports the transport. \
+             `{client}` is `Clone + Send + Sync`: share one between threads."
+        ),
+        Flavor::Async => format!(
+            "The async typed client of the `{name}` loopback singleton: the twin of `{name}Client` \
+             for tokio programs. Calls from any number of tasks share one connection.\n\n\
+             Each method returns a future that owns what it needs (`Send + 'static`: spawn it, \
+             join it, or drop it to stop waiting). Connect with [`{client}::connect`] inside a \
+             tokio runtime, or with [`{client}::builder`] and `Builder::connect_async`."
+        ),
+    };
+    let untyped = flavor.untyped();
+    let (asyncness, awaiting) = flavor.asyncness();
+    let connect = connect_fn(service, &name, flavor);
     let indices = variant_indices(&service.methods);
     let methods = service
         .methods
         .iter()
         .zip(indices)
-        .map(|(method, index)| client_method(method, index));
+        .map(|(method, index)| client_method(method, index, flavor));
     quote! {
         #[doc = #doc]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
         pub struct #client {
-            inner: ::loopback_singleton::Client<#self_ty>,
+            inner: #untyped<#self_ty>,
         }
 
-        impl ::core::convert::From<::loopback_singleton::Client<#self_ty>> for #client {
-            fn from(inner: ::loopback_singleton::Client<#self_ty>) -> Self {
+        impl ::core::convert::From<#untyped<#self_ty>> for #client {
+            fn from(inner: #untyped<#self_ty>) -> Self {
                 Self { inner }
             }
         }
@@ -360,26 +406,26 @@ fn client(service: &Service, names: &Names) -> TokenStream {
             #(#methods)*
 
             /// Pings the daemon: its pid, uptime, calls served and connected clients.
-            pub fn ping(
+            pub #asyncness fn ping(
                 &self,
             ) -> ::core::result::Result<::loopback_singleton::DaemonInfo, ::loopback_singleton::Error> {
-                self.inner.ping()
+                self.inner.ping()#awaiting
             }
 
             /// Stops the daemon and returns once it is gone.
-            pub fn shutdown(&self) -> ::core::result::Result<(), ::loopback_singleton::Error> {
-                self.inner.shutdown()
+            pub #asyncness fn shutdown(&self) -> ::core::result::Result<(), ::loopback_singleton::Error> {
+                self.inner.shutdown()#awaiting
             }
 
             /// Makes sure a daemon runs (restarting it if it died), returning its info.
-            pub fn ensure_started(
+            pub #asyncness fn ensure_started(
                 &self,
             ) -> ::core::result::Result<::loopback_singleton::DaemonInfo, ::loopback_singleton::Error> {
-                self.inner.ensure_started()
+                self.inner.ensure_started()#awaiting
             }
 
             /// The untyped client underneath.
-            pub fn client(&self) -> &::loopback_singleton::Client<#self_ty> {
+            pub fn client(&self) -> &#untyped<#self_ty> {
                 &self.inner
             }
         }
@@ -387,7 +433,7 @@ fn client(service: &Service, names: &Names) -> TokenStream {
 }
 
 /// `connect(init args...)`: the `#[init]` parameters as written, sent owned.
-fn connect_fn(service: &Service, name: &str) -> TokenStream {
+fn connect_fn(service: &Service, name: &str, flavor: Flavor) -> TokenStream {
     let args = service.init.as_ref().map_or(&[][..], |init| &init.args[..]);
     let params = args.iter().map(|Arg { ident, ty, .. }| quote!(#ident: #ty));
     let values: Vec<TokenStream> = args
@@ -402,12 +448,16 @@ fn connect_fn(service: &Service, name: &str) -> TokenStream {
         _ => quote!((#(#values),*)),
     };
     let doc = connect_doc(service.init.as_ref(), name);
+    let (asyncness, connect) = match flavor {
+        Flavor::Blocking => (quote!(), quote!(connect(#init_value))),
+        Flavor::Async => (quote!(async), quote!(connect_async(#init_value).await)),
+    };
     quote! {
         #[doc = #doc]
-        pub fn connect(
+        pub #asyncness fn connect(
             #(#params),*
         ) -> ::core::result::Result<Self, ::loopback_singleton::Error> {
-            Self::builder().connect(#init_value)
+            Self::builder().#connect
         }
     }
 }
@@ -441,9 +491,10 @@ fn connect_doc(init: Option<&Init>, name: &str) -> String {
     }
 }
 
-/// A client method: the original's name, visibility, docs and parameters, blocking, and
-/// returning the original return type inside the transport `Result`.
-fn client_method(method: &Method, index: TokenStream) -> TokenStream {
+/// A client method: the original's name, visibility, docs and parameters, returning the
+/// original return type inside the transport `Result` — at once (blocking), or from a
+/// future that borrows nothing (async).
+fn client_method(method: &Method, index: TokenStream, flavor: Flavor) -> TokenStream {
     let Method {
         ident,
         vis,
@@ -464,19 +515,27 @@ fn client_method(method: &Method, index: TokenStream) -> TokenStream {
         }
     });
     let call = quote!(self.inner.call(#index, &(#(#values,)*)));
+    let into_vec = quote!(::loopback_singleton::__private::serde_bytes::ByteBuf::into_vec);
     let (output, call) = match output {
-        Some(ty) if is_byte_vec(ty) => (
-            quote!(#ty),
-            quote!(#call.map(::loopback_singleton::__private::serde_bytes::ByteBuf::into_vec)),
-        ),
+        Some(ty) if is_byte_vec(ty) => {
+            let call = match flavor {
+                Flavor::Blocking => quote!(#call.map(#into_vec)),
+                Flavor::Async => quote!(#call.map(#into_vec)),
+            };
+            (quote!(#ty), call)
+        }
         Some(ty) => (quote!(#ty), call),
         None => (quote!(()), call),
+    };
+    let returns = match flavor {
+        Flavor::Blocking => quote!(::core::result::Result<#output, ::loopback_singleton::Error>),
+        Flavor::Async => quote!(::loopback_singleton::Call<#output>),
     };
     quote! {
         #(#docs)*
         #(#cfgs)*
         #(#deprecated)*
-        #vis fn #ident(&self #(, #params)*) -> ::core::result::Result<#output, ::loopback_singleton::Error> {
+        #vis fn #ident(&self #(, #params)*) -> #returns {
             #call
         }
     }

@@ -177,6 +177,15 @@ impl<S: Service> Builder<S> {
     pub fn connect(self, init: S::Init) -> Result<S::Client, Error> {
         Client::<S>::connect(self, init).map(S::Client::from)
     }
+
+    /// Connects the async client, starting the daemon with `init` if none runs. The
+    /// blocking part (lock, spawn, handshake) runs on tokio's blocking pool; call it
+    /// from within a tokio runtime.
+    pub async fn connect_async(self, init: S::Init) -> Result<S::AsyncClient, Error> {
+        crate::AsyncClient::<S>::connect(self, init)
+            .await
+            .map(S::AsyncClient::from)
+    }
 }
 
 /// The untyped client underneath a generated `<Type>Client`: cheap to clone,
@@ -269,6 +278,62 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Appends a call's body to a started request frame: the method number (the request
+/// enum's variant index), then the arguments as a tuple, which postcard encodes exactly
+/// as that variant's fields.
+pub(crate) fn encode_call<A: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    method: u32,
+    args: &A,
+) -> Result<(), Error> {
+    postcard::to_io(&method, &mut *buf)
+        .and_then(|buf| postcard::to_io(args, buf))
+        .map(drop)
+        .map_err(|error| {
+            Error::Protocol(ProtocolError::Malformed {
+                what: "request",
+                reason: error.to_string(),
+            })
+        })
+}
+
+/// Refuses a request frame (length prefix included) above the frame limit before it is
+/// sent, so that the connection stays usable.
+pub(crate) fn check_frame_limit(frame: &[u8], max_frame: u32) -> Result<(), Error> {
+    let (len, limit) = ((frame.len() - 4) as u64, u64::from(max_frame));
+    if len > limit {
+        Err(Error::Protocol(ProtocolError::FrameTooLarge { len, limit }))
+    } else {
+        Ok(())
+    }
+}
+
+/// Where the body of the reply to call `id` starts in `payload`, or the daemon's error.
+pub(crate) fn reply_body(payload: &[u8], id: u64) -> Result<usize, Error> {
+    let (reply_id, status, body) = wire::split_header("reply", payload)?;
+    if reply_id != id {
+        return Err(Error::Protocol(ProtocolError::Unexpected(format!(
+            "reply to call {reply_id} while waiting for {id}"
+        ))));
+    }
+    match status {
+        wire::STATUS_OK => Ok(payload.len() - body.len()),
+        wire::STATUS_ERR => Err(Error::Remote(wire::decode("remote error", body)?)),
+        other => Err(Error::Protocol(ProtocolError::Unexpected(format!(
+            "reply status {other}"
+        )))),
+    }
+}
+
+/// Decodes a reply's body as the method's return type.
+pub(crate) fn decode_reply<R: DeserializeOwned>(body: &[u8]) -> Result<R, Error> {
+    postcard::from_bytes(body).map_err(|error| {
+        Error::Remote(RemoteError::Decode {
+            message: error.to_string(),
+        })
+    })
+}
+
 impl<S: Service> Client<S> {
     fn connect(builder: Builder<S>, init: S::Init) -> Result<Self, Error> {
         let inner = Self::prepare(builder, &init)?;
@@ -303,6 +368,15 @@ impl<S: Service> Client<S> {
             }
             Established::Started(started) => Ok(FoundOrStarted::Started(started)),
         }
+    }
+
+    /// A client that has not connected yet (its first call finds or starts the daemon):
+    /// what the async client builds on, from a thread that must not block.
+    pub(crate) fn unconnected(builder: Builder<S>, init: &S::Init) -> Result<Self, Error> {
+        Ok(Client {
+            inner: Arc::new(Self::prepare(builder, init)?),
+            service: PhantomData,
+        })
     }
 
     /// The client's state before its first connection.
@@ -367,17 +441,8 @@ impl<S> Client<S> {
         method: u32,
         args: &A,
     ) -> Result<R, Error> {
-        self.inner.request(wire::KIND_CALL, |buf| {
-            postcard::to_io(&method, &mut *buf)
-                .and_then(|buf| postcard::to_io(args, buf))
-                .map(drop)
-                .map_err(|error| {
-                    Error::Protocol(ProtocolError::Malformed {
-                        what: "request",
-                        reason: error.to_string(),
-                    })
-                })
-        })
+        self.inner
+            .request(wire::KIND_CALL, |buf| encode_call(buf, method, args))
     }
 
     /// Runs method number `method` once per element of `calls`, pipelined on one
@@ -437,17 +502,9 @@ impl<S> Client<S> {
             let mut sent = 0;
             while sent < window && (sent == 0 || batch.len() < BATCH_BYTES) {
                 let Some(args) = calls.next() else { break };
-                let start = wire::open_frame(&mut batch);
-                postcard::to_io(&(first_id + sent as u64), &mut batch)
-                    .map(|buf| buf.push(wire::KIND_CALL))
-                    .and_then(|()| postcard::to_io(&method, &mut batch))
-                    .and_then(|buf| postcard::to_io(&args, buf))
-                    .map_err(|error| {
-                        Error::Protocol(ProtocolError::Malformed {
-                            what: "request",
-                            reason: error.to_string(),
-                        })
-                    })?;
+                let start = batch.len();
+                wire::append_message(&mut batch, first_id + sent as u64, wire::KIND_CALL);
+                encode_call(&mut batch, method, &args)?;
                 wire::close_frame(&mut batch, start);
                 sent += 1;
             }
@@ -461,12 +518,10 @@ impl<S> Client<S> {
                     .inner
                     .read_reply(&mut connection, first_id + offset as u64)
                 {
-                    Ok(body) => match postcard::from_bytes(&connection.buf[body..]) {
+                    Ok(body) => match decode_reply(&connection.buf[body..]) {
                         Ok(value) => results.push(value),
                         Err(error) => {
-                            first_error.get_or_insert(Error::Remote(RemoteError::Decode {
-                                message: error.to_string(),
-                            }));
+                            first_error.get_or_insert(error);
                         }
                     },
                     Err(error @ Error::Remote(_)) => {
@@ -548,6 +603,20 @@ impl<S> Client<S> {
         Ok(())
     }
 
+    /// Takes one authenticated connection out of this client (finding or starting the
+    /// daemon if needed), for the async client to own. Blocking.
+    pub(crate) fn detach_connection(&self) -> Result<TcpStream, Error> {
+        let connection = self.inner.checkout()?;
+        // The daemon speaks only when asked: nothing is buffered between calls.
+        debug_assert!(connection.reader.buffer().is_empty());
+        Ok(connection.reader.into_inner())
+    }
+
+    /// The configured call timeout and frame limit.
+    pub(crate) fn limits(&self) -> (Option<Duration>, u32) {
+        (self.inner.call_timeout, self.inner.max_frame)
+    }
+
     /// The singleton name this client talks to.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -590,14 +659,8 @@ impl Inner {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         wire::begin_message(&mut connection.buf, id, kind);
         // A request that cannot be encoded or sent leaves the connection as it was.
-        let encoded = encode_body(&mut connection.buf).and_then(|()| {
-            let (len, limit) = ((connection.buf.len() - 4) as u64, u64::from(self.max_frame));
-            if len > limit {
-                Err(Error::Protocol(ProtocolError::FrameTooLarge { len, limit }))
-            } else {
-                Ok(())
-            }
-        });
+        let encoded = encode_body(&mut connection.buf)
+            .and_then(|()| check_frame_limit(&connection.buf, self.max_frame));
         if let Err(error) = encoded {
             self.checkin(connection);
             return Err(error);
@@ -621,11 +684,7 @@ impl Inner {
                 return Err(error);
             }
         };
-        let value = postcard::from_bytes(&connection.buf[body..]).map_err(|error| {
-            Error::Remote(RemoteError::Decode {
-                message: error.to_string(),
-            })
-        });
+        let value = decode_reply(&connection.buf[body..]);
         self.checkin(connection);
         value
     }
@@ -663,20 +722,7 @@ impl Inner {
             Err(FrameError::Io(error)) => return Err(self.lost(error)),
             Err(FrameError::Protocol(error)) => return Err(Error::Protocol(error)),
         }
-        let (reply_id, status, body) = wire::split_header("reply", buf)?;
-        if reply_id != id {
-            return Err(Error::Protocol(ProtocolError::Unexpected(format!(
-                "reply to call {reply_id} while waiting for {id}"
-            ))));
-        }
-        let body_at = buf.len() - body.len();
-        match status {
-            wire::STATUS_OK => Ok(body_at),
-            wire::STATUS_ERR => Err(Error::Remote(wire::decode("remote error", body)?)),
-            other => Err(Error::Protocol(ProtocolError::Unexpected(format!(
-                "reply status {other}"
-            )))),
-        }
+        reply_body(buf, id)
     }
 
     fn checkout(&self) -> Result<Connection, Error> {

@@ -233,6 +233,7 @@ mod tests {
         type Request = Call;
         type Init = ();
         type Client = crate::Client<Echo>;
+        type AsyncClient = crate::AsyncClient<Echo>;
         const NAME: &'static str = "echo";
         const SERVICE_ID: &'static str = "fuzzing::tests::Echo";
         const SCHEMA: Fingerprint = 0xec40;

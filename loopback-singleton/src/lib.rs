@@ -1,6 +1,7 @@
 #![doc = include_str!("../../README.md")]
 #![warn(missing_docs)]
 
+mod async_client;
 mod client;
 mod daemon;
 mod error;
@@ -13,6 +14,7 @@ mod single_instance;
 mod spawn;
 mod wire;
 
+pub use async_client::{AsyncClient, Call};
 pub use client::{Builder, Client};
 pub use daemon::ServeOptions;
 pub use error::{Error, ProtocolError, RemoteError};

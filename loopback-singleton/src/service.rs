@@ -30,6 +30,8 @@ pub trait Service: Sized + 'static {
     type Init: Serialize + DeserializeOwned;
     /// The generated typed client (`<Type>Client`).
     type Client: From<crate::Client<Self>>;
+    /// The generated typed async client (`<Type>AsyncClient`).
+    type AsyncClient: From<crate::AsyncClient<Self>>;
 
     /// The default singleton name: `<crate>.<Type>` unless `#[local_singleton(name = "...")]`
     /// says otherwise. Names the runtime directory.

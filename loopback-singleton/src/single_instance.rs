@@ -766,6 +766,7 @@ impl<P: Payload> Service for Host<P> {
     /// that a secondary with another payload type is refused instead of misread.
     type Init = String;
     type Client = Client<Self>;
+    type AsyncClient = crate::AsyncClient<Self>;
 
     const NAME: &'static str = "single-instance";
     const SERVICE_ID: &'static str = "loopback_singleton::single_instance::Host";
