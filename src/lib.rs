@@ -90,7 +90,7 @@ impl Counter {
 }
 
 /// A service whose constructor can be told to fail: `"panic"` panics, `"error"`
-/// returns an error, anything else succeeds.
+/// returns an error, `"slow"` takes 1.5 s, anything else succeeds at once.
 pub struct Fragile;
 
 #[local_singleton(name = "suite-fragile")]
@@ -101,6 +101,10 @@ impl Fragile {
         match mode {
             "panic" => panic!("the constructor refused to start"),
             "error" => Err("no configuration found".to_string()),
+            "slow" => {
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                Ok(Fragile)
+            }
             _ => Ok(Fragile),
         }
     }

@@ -235,3 +235,75 @@ fn no_spawn_switch_fails_instead_of_starting() {
     assert!(stderr.contains("LOOPBACK_SINGLETON_NO_SPAWN"), "{stderr}");
     assert!(!env.metadata_path().exists());
 }
+
+#[test]
+fn a_start_slower_than_the_timeout_still_ends_with_one_daemon() {
+    let env = TestEnv::new("slowstart");
+    let impatient = env
+        .builder::<Fragile>()
+        .start_timeout(Duration::from_millis(300))
+        .connect("slow".to_string());
+    assert!(
+        matches!(impatient, Err(Error::StartTimeout { .. })),
+        "{impatient:?}"
+    );
+    // The slow daemon holds the start lock until it has published itself: the next
+    // clients wait for it instead of starting a second one.
+    let patient = || {
+        env.builder::<Fragile>()
+            .start_timeout(Duration::from_secs(20))
+            .connect("slow".to_string())
+            .unwrap()
+    };
+    let (first, second): (FragileClient, FragileClient) = (patient(), patient());
+    assert_eq!(first.ping().unwrap().pid, second.ping().unwrap().pid);
+    let log = std::fs::read_to_string(env.dir().join("daemon.log")).unwrap();
+    assert_eq!(
+        log.matches("serving").count(),
+        1,
+        "one daemon started:\n{log}"
+    );
+    first.shutdown().unwrap();
+}
+
+#[test]
+fn a_daemon_command_that_never_reports_is_stopped_at_the_start_timeout() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new("notadaemon");
+    let script = env.base.join("not-a-daemon.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let started = Instant::now();
+    let result = env
+        .builder::<Counter>()
+        .daemon_command(&script)
+        .start_timeout(Duration::from_secs(1))
+        .connect(0);
+    assert!(
+        matches!(result, Err(Error::StartTimeout { .. })),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn large_init_arguments_reach_the_daemon() {
+    // Init arguments travel through a private file, not the environment (whose
+    // strings are limited to 128 KiB).
+    let env = TestEnv::new("biginit");
+    let big = "x".repeat(300_000);
+    let fragile: FragileClient = env.builder::<Fragile>().connect(big.clone()).unwrap();
+    assert_eq!(fragile.hello().unwrap(), "hello");
+    // The same arguments find the same daemon; others are told what runs.
+    let again: FragileClient = env.builder::<Fragile>().connect(big).unwrap();
+    assert_eq!(again.ping().unwrap().pid, fragile.ping().unwrap().pid);
+    assert!(
+        !env.dir().join("launch").exists(),
+        "the launch file is removed"
+    );
+    fragile.shutdown().unwrap();
+}

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::daemon::{Launch, ServeOptions};
 use crate::error::{Error, ProtocolError, RemoteError};
-use crate::runtime_dir::{self, RuntimeDir};
+use crate::runtime_dir::{self, RuntimeDir, StartLock};
 use crate::service::{Fingerprint, Service};
 use crate::spawn::{self, SpawnError};
 use crate::wire::{self, DaemonInfo, FrameError, Role, Secret};
@@ -357,7 +357,7 @@ impl<S: Service> Client<S> {
         start: impl FnOnce(&RuntimeDir, &Launch) -> Result<T, Error>,
     ) -> Result<FoundOrStarted<S, T>, Error> {
         let inner = Self::prepare(builder, &init)?;
-        match inner.find_or_start(false, |_| start(&inner.dir, &inner.launch))? {
+        match inner.find_or_start(false, |_, _| start(&inner.dir, &inner.launch))? {
             Established::Found(connection, endpoint) => {
                 *inner.endpoint() = Some(endpoint);
                 inner.checkin(connection);
@@ -775,7 +775,7 @@ impl Inner {
     /// Finds the running daemon or starts one: try first; on failure take the start
     /// lock, try again under it, clean stale files, spawn, wait for readiness.
     fn establish(&self) -> Result<(Connection, Endpoint), Error> {
-        match self.find_or_start(true, |deadline| self.spawn(deadline))? {
+        match self.find_or_start(true, |deadline, lock| self.spawn(deadline, lock))? {
             Established::Found(connection, endpoint)
             | Established::Started((connection, endpoint)) => Ok((connection, endpoint)),
         }
@@ -786,7 +786,7 @@ impl Inner {
     fn find_or_start<T>(
         &self,
         spawning: bool,
-        start: impl FnOnce(Instant) -> Result<T, Error>,
+        start: impl FnOnce(Instant, &StartLock) -> Result<T, Error>,
     ) -> Result<Established<T>, Error> {
         let deadline = Instant::now() + self.start_timeout;
         let mut start_lock = None;
@@ -821,14 +821,15 @@ impl Inner {
                 }
             }
         }
+        let start_lock = start_lock.expect("the loop leaves with the lock held");
         self.dir.remove_stale()?;
-        let started = start(deadline)?;
+        let started = start(deadline, &start_lock)?;
         drop(start_lock);
         Ok(Established::Started(started))
     }
 
-    /// Spawns a daemon (the start lock is held) and connects to it.
-    fn spawn(&self, deadline: Instant) -> Result<(Connection, Endpoint), Error> {
+    /// Spawns a daemon (the start lock is held, and shared with it) and connects to it.
+    fn spawn(&self, deadline: Instant, lock: &StartLock) -> Result<(Connection, Endpoint), Error> {
         let exe = match &self.daemon_command {
             Some(path) => path.clone(),
             None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/exe"),
@@ -840,7 +841,8 @@ impl Inner {
             &exe,
             self.service_id,
             &self.launch,
-            self.dir.path(),
+            &self.dir,
+            lock,
             remaining,
         )
         .map_err(|error| match error {
@@ -971,11 +973,18 @@ impl Inner {
                 .as_bytes(),
             schema: self.schema,
             init: self.init,
-            init_description: self.launch.init_description.clone(),
         };
         wire::encode_frame(&auth, &mut buf);
         reader.get_ref().write_all(&buf).map_err(lost)?;
-        let instance = match self.read_handshake(&mut reader, &mut buf, "verdict")? {
+        // The daemon has proved itself: whatever goes wrong from here is not stale state,
+        // and must never get its files removed.
+        let verdict = self
+            .read_handshake(&mut reader, &mut buf, "verdict")
+            .map_err(|error| match error {
+                DialError::Stale(error) => DialError::Fatal(error),
+                other => other,
+            })?;
+        let instance = match verdict {
             wire::Verdict::Welcome { instance, .. } => instance,
             wire::Verdict::Rejected(wire::Rejection::Schema { daemon }) => {
                 return Err(DialError::Fatal(Error::SchemaMismatch {

@@ -352,7 +352,6 @@ mod tests {
                 proof: [9; 32],
                 schema: Echo::SCHEMA,
                 init: Some(1),
-                init_description: "()".into(),
             },
             &mut frame,
         );

@@ -23,6 +23,7 @@ const METADATA: &str = "metadata.json";
 const SECRET: &str = "secret";
 const LOCK: &str = "lock";
 const LOG: &str = "daemon.log";
+const LAUNCH: &str = "launch";
 
 /// What a running daemon publishes about itself. Written atomically, 0600.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +151,19 @@ impl RuntimeDir {
         write_private_atomically(&self.secret_path(), secret)
     }
 
+    /// Writes what a daemon being spawned needs (0600, atomically); returns its path.
+    /// Only the holder of the start lock spawns, so one name suffices.
+    pub(crate) fn write_launch(&self, bytes: &[u8]) -> Result<PathBuf, Error> {
+        let path = self.path.join(LAUNCH);
+        write_private_atomically(&path, bytes)?;
+        Ok(path)
+    }
+
+    /// Removes the launch file (the daemon removes it too, once read).
+    pub(crate) fn remove_launch(&self) {
+        let _ = fs::remove_file(self.path.join(LAUNCH));
+    }
+
     /// Removes the files of a daemon that is gone. The lock file stays: deleting a lock
     /// file others may hold open would let two processes "hold" it at once.
     pub(crate) fn remove_stale(&self) -> Result<(), Error> {
@@ -228,16 +242,21 @@ impl RuntimeDir {
     }
 }
 
-/// The held start lock; released on drop (closing the file releases it too, so a
-/// crashed holder never blocks others).
+/// The held start lock: an `flock` on the lock file, which belongs to the open file,
+/// not to a descriptor. Dropping this closes our descriptor, which releases the lock
+/// unless a daemon being spawned shares the file ([`share`](Self::share)): then the
+/// lock lasts until that daemon has published itself. Never `unlock` explicitly, which
+/// would release it for the daemon too. A crashed holder's lock dies with it.
 #[derive(Debug)]
 pub(crate) struct StartLock {
     file: File,
 }
 
-impl Drop for StartLock {
-    fn drop(&mut self) {
-        let _ = fs4::FileExt::unlock(&self.file);
+impl StartLock {
+    /// Another descriptor of the locked file, to hand to a daemon being spawned.
+    #[cfg(unix)]
+    pub(crate) fn share(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.file.try_clone().map(std::os::fd::OwnedFd::from)
     }
 }
 

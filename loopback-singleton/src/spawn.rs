@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::Launch;
+use crate::runtime_dir::{RuntimeDir, StartLock};
 
 /// Names the service a re-executed process must become the daemon of.
 pub(crate) const MARKER_ENV: &str = "LOOPBACK_SINGLETON_DAEMON";
-/// Carries the hex-encoded [`Launch`] (name, options, init arguments).
+/// Names the private file holding the [`Launch`] (name, options, init arguments).
 pub(crate) const LAUNCH_ENV: &str = "LOOPBACK_SINGLETON_LAUNCH";
 /// Makes `connect` fail with `Error::NotRunning` instead of spawning a daemon.
 pub(crate) const NO_SPAWN_ENV: &str = "LOOPBACK_SINGLETON_NO_SPAWN";
@@ -30,6 +31,9 @@ const JOBSERVER_ENV: [&str; 3] = ["MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS"];
 /// The file descriptor of the readiness pipe in the daemon.
 #[cfg(unix)]
 const READY_FD: i32 = 3;
+/// The file descriptor of the start lock the daemon holds until it has published itself.
+#[cfg(unix)]
+const LOCK_FD: i32 = 4;
 
 /// Set once this process has become a daemon: a daemon never spawns another.
 static IN_DAEMON: AtomicBool = AtomicBool::new(false);
@@ -59,17 +63,23 @@ pub(crate) enum SpawnError {
 }
 
 /// Starts `exe` as the daemon of `service_id` and waits for its readiness report.
+///
+/// The caller holds the start lock; the daemon inherits it (the same open file, so the
+/// same lock) and lets go once it has published itself or failed. A client that gives
+/// up waiting therefore never lets a second daemon start beside a slow first one.
 #[cfg(unix)]
 pub(crate) fn spawn_daemon(
     exe: &Path,
     service_id: &str,
     launch: &Launch,
-    cwd: &Path,
+    dir: &RuntimeDir,
+    start_lock: &StartLock,
     timeout: Duration,
 ) -> Result<(u16, u32, u64), SpawnError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
 
+    let deadline = Instant::now() + timeout;
     let failed = |what: &str, error: io::Error| SpawnError::Failed(format!("{what}: {error}"));
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints; O_CLOEXEC keeps the pipe out of every
@@ -83,7 +93,22 @@ pub(crate) fn spawn_daemon(
     // SAFETY: pipe2 just returned these two fresh descriptors; each is owned once.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let write_fd = write_end.as_raw_fd();
+    // Descriptors 0-2 are replaced by /dev/null in the child before `pre_exec` runs: the
+    // ones handed over must sit above them (a caller may run with stdio closed).
+    let write_end = above_stdio(write_end).map_err(|error| failed("moving the pipe", error))?;
+    let lock = above_stdio(
+        start_lock
+            .share()
+            .map_err(|error| failed("sharing the lock", error))?,
+    )
+    .map_err(|error| failed("moving the lock", error))?;
+    let (write_fd, lock_fd) = (write_end.as_raw_fd(), lock.as_raw_fd());
+
+    // The launch description (init arguments included) goes through a private file, not
+    // the environment, whose strings are limited to 128 KiB.
+    let launch_path = dir
+        .write_launch(&postcard::to_stdvec(launch).expect("launch encodes"))
+        .map_err(|error| SpawnError::Failed(error.to_string()))?;
 
     let mut command = Command::new(exe);
     // What `ps` shows: the program and which singleton it serves.
@@ -99,14 +124,11 @@ pub(crate) fn spawn_daemon(
     ));
     command
         .env(MARKER_ENV, service_id)
-        .env(
-            LAUNCH_ENV,
-            hex_encode(&postcard::to_stdvec(launch).expect("launch encodes")),
-        )
+        .env(LAUNCH_ENV, &launch_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .current_dir(cwd);
+        .current_dir(dir.path());
     for name in JOBSERVER_ENV {
         command.env_remove(name);
     }
@@ -117,40 +139,36 @@ pub(crate) fn spawn_daemon(
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if write_fd == READY_FD {
-                if libc::fcntl(READY_FD, libc::F_SETFD, 0) < 0 {
+            // Both sources are above 4 (see `above_stdio`), so neither move clobbers
+            // the other; dup2 clears close-on-exec on the copies.
+            for (from, to) in [(write_fd, READY_FD), (lock_fd, LOCK_FD)] {
+                if libc::dup2(from, to) < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(write_fd, READY_FD) < 0 {
-                return Err(io::Error::last_os_error());
             }
-            // Any other inherited descriptor is closed at exec (marked close-on-exec
-            // rather than closed, so std's own exec-error pipe keeps working).
-            #[cfg(target_os = "linux")]
-            libc::syscall(
-                libc::SYS_close_range,
-                READY_FD + 1,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
+            close_others_on_exec();
             Ok(())
         });
     }
-    let mut intermediate = command
-        .spawn()
-        .map_err(|error| failed(&format!("spawning {}", exe.display()), error))?;
-    drop(write_end);
-    // The re-executed process forks the daemon and exits at once: reap it.
-    let status = intermediate
-        .wait()
-        .map_err(|error| failed("waiting for the launcher process", error))?;
-    if !status.success() {
-        return Err(SpawnError::Failed(format!(
-            "the launcher process exited with {status}"
-        )));
-    }
+    let spawned = command.spawn();
+    drop((write_end, lock));
+    let mut launcher = match spawned {
+        Ok(launcher) => launcher,
+        Err(error) => {
+            dir.remove_launch();
+            return Err(failed(&format!("spawning {}", exe.display()), error));
+        }
+    };
 
-    match read_readiness(File::from(read_end), timeout)? {
+    let readiness = read_readiness(File::from(read_end), deadline);
+    dir.remove_launch();
+    // The launcher forks the daemon and exits at once; one that is still there now
+    // (not our program, or hung) is stopped, so that nothing is left behind.
+    if !matches!(launcher.try_wait(), Ok(Some(_))) {
+        let _ = launcher.kill();
+    }
+    let _ = launcher.wait();
+    match readiness? {
         Readiness::Ready {
             port,
             pid,
@@ -160,12 +178,65 @@ pub(crate) fn spawn_daemon(
     }
 }
 
+/// Moves a descriptor above 4 (keeping it close-on-exec), so that the child's stdio
+/// set-up and the moves to `READY_FD` and `LOCK_FD` cannot overwrite it.
+#[cfg(unix)]
+fn above_stdio(fd: std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if fd.as_raw_fd() > LOCK_FD {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we then own alone.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, LOCK_FD + 1) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `moved` is fresh and owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(moved) })
+}
+
+/// Marks every descriptor above `LOCK_FD` close-on-exec (between fork and exec).
+/// `close_range` with `CLOSE_RANGE_CLOEXEC` (Linux 5.11) does it in one call; older
+/// kernels get the loop. Marking rather than closing keeps std's exec-error pipe working.
+#[cfg(unix)]
+unsafe fn close_others_on_exec() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: close_range only changes descriptor flags.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            LOCK_FD + 1,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0
+    {
+        return;
+    }
+    // SAFETY: getrlimit/fcntl on plain integers; invalid descriptors just fail.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur.min(65_536) as i32
+        } else {
+            1024
+        };
+        for fd in LOCK_FD + 1..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
 #[cfg(not(unix))]
 pub(crate) fn spawn_daemon(
     _exe: &Path,
     _service_id: &str,
     _launch: &Launch,
-    _cwd: &Path,
+    _dir: &RuntimeDir,
+    _start_lock: &StartLock,
     _timeout: Duration,
 ) -> Result<(u16, u32, u64), SpawnError> {
     Err(SpawnError::Failed(
@@ -175,10 +246,9 @@ pub(crate) fn spawn_daemon(
 
 /// Reads the one readiness frame, or EOF (the daemon died first), within `timeout`.
 #[cfg(unix)]
-fn read_readiness(mut pipe: File, timeout: Duration) -> Result<Readiness, SpawnError> {
+fn read_readiness(mut pipe: File, deadline: Instant) -> Result<Readiness, SpawnError> {
     use std::os::fd::AsRawFd;
 
-    let deadline = Instant::now() + timeout;
     let mut received = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -239,18 +309,25 @@ pub(crate) fn parse_readiness(received: &[u8]) -> Result<Option<Readiness>, Spaw
         .map_err(|error| SpawnError::Failed(error.to_string()))
 }
 
-/// The daemon's end of the readiness pipe. Reports once; dropping it unreported closes
-/// the pipe, which the client reads as "died before ready".
+/// The daemon's end of the readiness pipe, and the start lock it inherited. Reports
+/// once, then lets the lock go; dropping it unreported closes the pipe, which the
+/// client reads as "died before ready".
 pub(crate) struct ReadySender {
     pipe: Option<File>,
+    start_lock: Option<File>,
 }
 
 impl ReadySender {
     /// No pipe: a self-hosted daemon ([`Service::serve`](crate::Service::serve)).
     pub(crate) fn none() -> Self {
-        ReadySender { pipe: None }
+        ReadySender {
+            pipe: None,
+            start_lock: None,
+        }
     }
 
+    /// Reports readiness or failure. The daemon has published itself (or given up) by
+    /// now, so the clients waiting for the start lock may look.
     pub(crate) fn send(&mut self, readiness: &Readiness) {
         if let Some(mut pipe) = self.pipe.take() {
             let mut frame = Vec::new();
@@ -258,6 +335,7 @@ impl ReadySender {
             // The client may have given up already; nothing to do about that.
             let _ = pipe.write_all(&frame);
         }
+        self.start_lock = None;
     }
 }
 
@@ -270,11 +348,15 @@ pub(crate) fn take_launch(service_id: &str) -> Option<(Result<Launch, String>, R
     if std::env::var_os(MARKER_ENV)? != service_id {
         return None;
     }
-    let launch = std::env::var(LAUNCH_ENV)
-        .map_err(|error| format!("{LAUNCH_ENV}: {error}"))
-        .and_then(|hex| hex_decode(&hex).ok_or_else(|| format!("{LAUNCH_ENV} is not hex")))
+    let launch = std::env::var_os(LAUNCH_ENV)
+        .ok_or_else(|| format!("{LAUNCH_ENV} is not set"))
+        .and_then(|path| {
+            let bytes = std::fs::read(&path);
+            let _ = std::fs::remove_file(&path);
+            bytes.map_err(|error| format!("reading the launch file: {error}"))
+        })
         .and_then(|bytes| {
-            postcard::from_bytes(&bytes).map_err(|error| format!("{LAUNCH_ENV}: {error}"))
+            postcard::from_bytes(&bytes).map_err(|error| format!("the launch file: {error}"))
         });
     // SAFETY: this runs in a pre-main hook, before any other thread exists.
     unsafe {
@@ -282,25 +364,31 @@ pub(crate) fn take_launch(service_id: &str) -> Option<(Result<Launch, String>, R
         std::env::remove_var(LAUNCH_ENV);
     }
     IN_DAEMON.store(true, Ordering::Relaxed);
-    Some((launch, ready_pipe()))
+    Some((launch, inherited()))
 }
 
+/// The readiness pipe and the start lock the launcher handed over.
 #[cfg(unix)]
-fn ready_pipe() -> ReadySender {
+fn inherited() -> ReadySender {
     use std::os::fd::FromRawFd;
-    // SAFETY: fcntl F_GETFD only inspects the descriptor.
-    let open = unsafe { libc::fcntl(READY_FD, libc::F_GETFD) } >= 0;
-    // SAFETY: the launcher put the pipe's write end at READY_FD and nothing else in
-    // this fresh process owns it. Mark it close-on-exec for what the service spawns.
-    let pipe = open.then(|| unsafe {
-        libc::fcntl(READY_FD, libc::F_SETFD, libc::FD_CLOEXEC);
-        File::from_raw_fd(READY_FD)
-    });
-    ReadySender { pipe }
+    let take = |fd: i32| {
+        // SAFETY: fcntl F_GETFD only inspects the descriptor.
+        let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+        // SAFETY: the launcher put it there and nothing else in this fresh process owns
+        // it. Close-on-exec, so that nothing the service spawns inherits it.
+        open.then(|| unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            File::from_raw_fd(fd)
+        })
+    };
+    ReadySender {
+        pipe: take(READY_FD),
+        start_lock: take(LOCK_FD),
+    }
 }
 
 #[cfg(not(unix))]
-fn ready_pipe() -> ReadySender {
+fn inherited() -> ReadySender {
     ReadySender::none()
 }
 
@@ -343,31 +431,9 @@ pub(crate) fn detach() -> io::Result<()> {
 #[cfg(not(unix))]
 pub(crate) fn daemon_stdio(_log: &Path) {}
 
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_round_trips() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        assert_eq!(hex_decode(&hex_encode(&bytes)).unwrap(), bytes);
-        assert!(hex_decode("abc").is_none());
-        assert!(hex_decode("zz").is_none());
-    }
 
     #[test]
     fn readiness_parses_only_whole_frames() {

@@ -72,7 +72,6 @@ pub(crate) struct Auth {
     pub schema: Fingerprint,
     /// `None` attaches to whatever instance runs, whatever its init arguments.
     pub init: Option<Fingerprint>,
-    pub init_description: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,10 +155,23 @@ pub(crate) fn init_fingerprint(encoded: &[u8]) -> Fingerprint {
 /// A readable rendering of init arguments for mismatch errors (JSON where the type
 /// allows it, else its fingerprint).
 pub(crate) fn describe<T: Serialize + ?Sized>(init: &T) -> String {
-    serde_json::to_string(init).unwrap_or_else(|_| match postcard::to_stdvec(init) {
+    /// Long enough to tell arguments apart, short enough for any message.
+    const MAX: usize = 1024;
+    let fingerprint = || match postcard::to_stdvec(init) {
         Ok(bytes) => format!("<init arguments {:016x}>", init_fingerprint(&bytes)),
         Err(_) => "<unencodable init arguments>".to_string(),
-    })
+    };
+    match serde_json::to_string(init) {
+        Ok(json) if json.len() <= MAX => json,
+        Ok(json) => {
+            let cut = (0..=MAX - 64)
+                .rev()
+                .find(|&at| json.is_char_boundary(at))
+                .unwrap_or(0);
+            format!("{}... {}", &json[..cut], fingerprint())
+        }
+        Err(_) => fingerprint(),
+    }
 }
 
 /// Starts a frame in `buf`: clears it and reserves the length prefix.
@@ -350,6 +362,14 @@ mod tests {
             read_frame(&mut &buf[..50], &mut payload, 1024),
             Err(FrameError::Io(_))
         ));
+    }
+
+    #[test]
+    fn init_descriptions_are_readable_and_bounded() {
+        assert_eq!(describe(&(10u64, "x")), r#"[10,"x"]"#);
+        let long = describe(&"é".repeat(5000));
+        assert!(long.len() < 1100, "{}", long.len());
+        assert!(long.contains("<init arguments "), "{long}");
     }
 
     #[test]

@@ -32,7 +32,6 @@ pub struct Auth {
     pub proof: [u8; 32],
     pub schema: u64,
     pub init: Option<u64>,
-    pub init_description: String,
 }
 
 /// Only `Welcome` is decoded here; anything else fails the test that expects it.
@@ -129,7 +128,6 @@ pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: u64) {
         proof,
         schema,
         init: None,
-        init_description: String::new(),
     };
     send(stream, &auth).unwrap();
 }
