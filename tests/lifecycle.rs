@@ -307,3 +307,41 @@ fn large_init_arguments_reach_the_daemon() {
     );
     fragile.shutdown().unwrap();
 }
+
+#[test]
+fn the_idle_ttl_counts_from_the_last_disconnect() {
+    let env = TestEnv::new("idlefrom");
+    let ttl = Duration::from_millis(700);
+    let counter: CounterClient = env.builder::<Counter>().idle_ttl(ttl).connect(0).unwrap();
+    counter.inc().unwrap();
+    let pid = counter.pid().unwrap();
+    // A session longer than the TTL...
+    std::thread::sleep(ttl * 2);
+    drop(counter);
+    // ...then a reconnect well within the TTL finds the same daemon and state.
+    std::thread::sleep(ttl / 4);
+    let again: CounterClient = env.builder::<Counter>().idle_ttl(ttl).connect(0).unwrap();
+    assert_eq!(
+        again.pid().unwrap(),
+        pid,
+        "the daemon retired at once after the session"
+    );
+    assert_eq!(again.get().unwrap(), 1);
+    again.shutdown().unwrap();
+}
+
+#[test]
+fn sigterm_retires_the_daemon_gracefully() {
+    let env = TestEnv::new("sigterm");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    let pid = counter.pid().unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert!(wait_gone(pid, Duration::from_secs(10)));
+    assert!(
+        !env.metadata_path().exists(),
+        "it unpublished itself on the way out"
+    );
+    let log = std::fs::read_to_string(env.dir().join("daemon.log")).unwrap();
+    assert!(log.contains("retiring: SIGTERM"), "{log}");
+}

@@ -144,35 +144,45 @@ fn silent_and_slow_handshakes_are_dropped_at_the_deadline() {
 }
 
 #[test]
-fn the_connection_cap_closes_extras_and_existing_clients_are_served() {
+fn the_connection_cap_counts_authenticated_clients_only() {
     let env = TestEnv::new("cap");
-    let counter = env
-        .builder::<Counter>()
-        .max_connections(4)
-        .handshake_timeout(Duration::from_millis(500))
-        .connect(0)
-        .unwrap();
+    let builder = || {
+        env.builder::<Counter>()
+            .max_connections(2)
+            .start_timeout(Duration::from_millis(800))
+    };
+    let first: CounterClient = builder().connect(0).unwrap();
+    let second: CounterClient = builder().connect(0).unwrap();
+    // Peers without the secret take no slot and do not count as clients...
     let (port, _) = raw::port_and_secret(&env.dir());
-    // The client holds one slot; three idle peers take the rest.
-    let mut idle: Vec<_> = (0..3).map(|_| raw::connect(port)).collect();
+    let silent: Vec<_> = (0..5).map(|_| raw::connect(port)).collect();
     std::thread::sleep(Duration::from_millis(50));
-    let mut extra = raw::connect(port);
-    assert!(
-        raw::closed_silently(&mut extra, Duration::from_millis(400)),
-        "over the cap: closed at once"
-    );
-    assert_eq!(
-        counter.inc().unwrap(),
-        1,
-        "an existing client is served while the cap is full"
-    );
-    // The idle peers are dropped at the handshake deadline; newcomers get in again.
-    for stream in &mut idle {
-        assert!(raw::closed_silently(stream, Duration::from_secs(5)));
+    assert_eq!(first.ping().unwrap().clients, 2);
+    // ...while a third authenticated client is over the cap: closed at accept.
+    match builder().connect(0) {
+        Err(Error::StartTimeout { .. } | Error::ConnectionLost { .. } | Error::Connect { .. }) => {}
+        other => panic!("expected the third client to be refused, got {other:?}"),
     }
-    let newcomer: CounterClient = env.builder::<Counter>().connect(0).unwrap();
-    assert_eq!(newcomer.inc().unwrap(), 2);
-    counter.shutdown().unwrap();
+    assert_eq!(
+        first.inc().unwrap(),
+        1,
+        "the clients inside are served meanwhile"
+    );
+    assert_eq!(second.inc().unwrap(), 2);
+    // A slot freed is a slot taken.
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while first.ping().unwrap().clients != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed client was not counted out"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let third: CounterClient = builder().connect(0).unwrap();
+    assert_eq!(third.inc().unwrap(), 3);
+    drop(silent);
+    first.shutdown().unwrap();
 }
 
 #[test]

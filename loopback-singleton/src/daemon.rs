@@ -198,22 +198,43 @@ struct Shared {
     name: String,
     pid: u32,
     instance: u64,
-    port: AtomicU32,
+    port: u16,
     started: Instant,
     schema: Fingerprint,
     init: Fingerprint,
     init_description: String,
     options: ServeOptions,
+    /// Authenticated connections: what `max_connections`, the idle TTL and
+    /// `DaemonInfo::clients` count. A peer without the secret counts for none of them.
     connections: AtomicU32,
+    /// Connections still in their handshake (capped by `MAX_PENDING_HANDSHAKES`).
+    handshaking: AtomicU32,
+    /// When the last authenticated connection closed, in milliseconds since `started`:
+    /// the idle TTL runs from there.
+    idle_since_ms: AtomicU64,
     calls_served: AtomicU64,
     shutting_down: AtomicBool,
     /// Wakes the front thread: a connection closed, or shutdown was asked for.
     wake_front: Notify,
 }
 
+/// Handshakes in progress at once; more are closed at accept. Each is bounded by the
+/// handshake deadline, so peers without the secret can delay newcomers, not shut out
+/// the clients already connected.
+const MAX_PENDING_HANDSHAKES: u32 = 128;
+
+impl Shared {
+    /// When the daemon became idle (no authenticated connection), if it is.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.connections.load(Ordering::Acquire) == 0).then(|| {
+            self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+        })
+    }
+}
+
 /// What the front thread hands the instance thread.
 enum ToInstance {
-    Connection(std::net::TcpStream),
+    Connection(std::net::TcpStream, ConnectionGuard),
     Retire,
 }
 
@@ -241,7 +262,7 @@ fn run<S: Service>(
     let construct = construct_from::<S>(launch.init.clone());
     let started = start::<S>(dir, launch, construct, &mut ready)?;
     drop(lock);
-    started.serve(dir)
+    started.serve(dir, Signals::Retire)
 }
 
 /// A host that is bound, built and published, but not serving yet.
@@ -281,13 +302,15 @@ fn start<S: Service>(
         name: launch.name.clone(),
         pid: std::process::id(),
         instance: u64::from_le_bytes(wire::random_bytes()),
-        port: AtomicU32::new(u32::from(port)),
+        port,
         started: Instant::now(),
         schema: S::SCHEMA,
         init: wire::init_fingerprint(&launch.init),
         init_description: launch.init_description.clone(),
         options: launch.options.clone(),
         connections: AtomicU32::new(0),
+        handshaking: AtomicU32::new(0),
+        idle_since_ms: AtomicU64::new(0),
         calls_served: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         wake_front: Notify::new(),
@@ -297,13 +320,12 @@ fn start<S: Service>(
     let (to_instance, from_front) = mpsc::unbounded_channel();
     let (built_tx, built_rx) = std::sync::mpsc::channel();
     let instance_thread = {
-        let shared = Arc::clone(&shared);
         let quiet = QUIET.get();
         std::thread::Builder::new()
             .name("loopback-singleton-instance".into())
             .spawn(move || {
                 QUIET.set(quiet);
-                instance_thread::<S>(construct, built_tx, from_front, shared)
+                instance_thread::<S>(construct, built_tx, from_front)
             })
             .map_err(|error| fail(ready, format!("spawning the instance thread: {error}")))?
     };
@@ -355,9 +377,18 @@ fn start<S: Service>(
     })
 }
 
+/// Whether SIGTERM and SIGINT retire the host gracefully: yes for a daemon (the signals
+/// of logout and service managers), no for a host inside an application, whose signals
+/// are the application's business.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signals {
+    Retire,
+    Ignore,
+}
+
 impl Started {
     /// Serves until the host retires, then unpublishes it and drops the instance.
-    fn serve(self, dir: &RuntimeDir) -> Result<(), Error> {
+    fn serve(self, dir: &RuntimeDir, signals: Signals) -> Result<(), Error> {
         let Started {
             listener,
             shared,
@@ -365,36 +396,26 @@ impl Started {
             to_instance,
             instance_thread,
         } = self;
-        serve_until_retired(dir, listener, shared, secret, to_instance, instance_thread)
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| Error::io("building the daemon runtime", error))?;
+        let why = runtime.block_on(front(
+            listener,
+            Arc::clone(&shared),
+            secret,
+            to_instance.clone(),
+            signals,
+        ));
+        log(&format!("retiring: {why}"));
+        // Unpublish first, so that newcomers start a successor instead of finding us.
+        dir.retire(shared.instance);
+        drop(runtime);
+        let _ = to_instance.send(ToInstance::Retire);
+        let _ = instance_thread.join();
+        log("instance dropped; exiting");
+        Ok(())
     }
-}
-
-fn serve_until_retired(
-    dir: &RuntimeDir,
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    secret: Secret,
-    to_instance: mpsc::UnboundedSender<ToInstance>,
-    instance_thread: std::thread::JoinHandle<()>,
-) -> Result<(), Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| Error::io("building the daemon runtime", error))?;
-    let why = runtime.block_on(front(
-        listener,
-        Arc::clone(&shared),
-        secret,
-        to_instance.clone(),
-    ));
-    log(&format!("retiring: {why}"));
-    // Unpublish first, so that newcomers start a successor instead of finding us.
-    dir.retire(shared.instance);
-    drop(runtime);
-    let _ = to_instance.send(ToInstance::Retire);
-    let _ = instance_thread.join();
-    log("instance dropped; exiting");
-    Ok(())
 }
 
 /// Accepts, authenticates and counts connections until the daemon retires; says why.
@@ -403,6 +424,7 @@ async fn front(
     shared: Arc<Shared>,
     secret: Secret,
     to_instance: mpsc::UnboundedSender<ToInstance>,
+    signals: Signals,
 ) -> &'static str {
     let listener = match listener
         .set_nonblocking(true)
@@ -411,42 +433,80 @@ async fn front(
         Ok(listener) => listener,
         Err(_) => return "cannot register the listener",
     };
-    let mut idle_since = Instant::now();
+    let mut stop_signals = StopSignals::new(signals);
     loop {
         if shared.shutting_down.load(Ordering::Acquire) {
             return "shutdown requested";
         }
-        let connections = shared.connections.load(Ordering::Acquire);
-        if connections > 0 {
-            idle_since = Instant::now();
-        }
-        let idle_deadline = match shared.options.idle_ttl {
-            Some(ttl) if connections == 0 => Some(tokio::time::Instant::from_std(idle_since + ttl)),
-            _ => None,
-        };
+        let idle_deadline = shared
+            .options
+            .idle_ttl
+            .zip(shared.idle_since())
+            .map(|(ttl, since)| tokio::time::Instant::from_std(since + ttl));
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if shared.connections.load(Ordering::Acquire) >= shared.options.max_connections {
-                        log("connection refused: max_connections reached");
+                    if shared.connections.load(Ordering::Acquire) >= shared.options.max_connections
+                        || shared.handshaking.load(Ordering::Acquire) >= MAX_PENDING_HANDSHAKES
+                    {
+                        log_peer("connection refused: max_connections or pending handshakes reached");
                         continue;
                     }
-                    shared.connections.fetch_add(1, Ordering::AcqRel);
+                    shared.handshaking.fetch_add(1, Ordering::AcqRel);
                     tokio::spawn(admit(stream, Arc::clone(&shared), secret, to_instance.clone()));
                 }
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
-                    log(&format!("accept failed: {error}"));
+                    log_peer(&format!("accept failed: {error}"));
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
             () = shared.wake_front.notified() => {}
             () = sleep_until_opt(idle_deadline) => {
-                if shared.connections.load(Ordering::Acquire) == 0 {
+                if shared.idle_since().is_some() {
                     return "idle TTL elapsed with no client connected";
                 }
             }
+            () = stop_signals.recv() => return "SIGTERM or SIGINT",
         }
+    }
+}
+
+/// SIGTERM and SIGINT, when the host retires on them.
+struct StopSignals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn new(signals: Signals) -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match signals {
+                Signals::Retire => signal(SignalKind::terminate())
+                    .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)))
+                    .ok(),
+                Signals::Ignore => None,
+            };
+            StopSignals { streams }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = signals;
+            StopSignals {}
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((terminate, interrupt)) = &mut self.streams {
+            tokio::select! {
+                _ = terminate.recv() => return,
+                _ = interrupt.recv() => return,
+            }
+        }
+        std::future::pending().await
     }
 }
 
@@ -470,19 +530,29 @@ async fn admit(
         handshake(&mut stream, &shared, &secret),
     )
     .await;
+    shared.handshaking.fetch_sub(1, Ordering::AcqRel);
     if let Ok(Ok(())) = outcome {
         if let Ok(stream) = stream.into_std() {
-            if to_instance.send(ToInstance::Connection(stream)).is_ok() {
-                return;
-            }
+            shared.connections.fetch_add(1, Ordering::AcqRel);
+            let guard = ConnectionGuard(Arc::clone(&shared));
+            // If the instance thread is gone, the guard comes back and is dropped here.
+            let _ = to_instance.send(ToInstance::Connection(stream, guard));
         }
     }
-    connection_closed(&shared);
 }
 
-fn connection_closed(shared: &Shared) {
-    shared.connections.fetch_sub(1, Ordering::AcqRel);
-    shared.wake_front.notify_one();
+/// Counts one authenticated connection until dropped, however it ends (a panic
+/// included), and starts the idle TTL when the last one goes.
+struct ConnectionGuard(Arc<Shared>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        let since_start = shared.started.elapsed().as_millis() as u64;
+        shared.idle_since_ms.store(since_start, Ordering::Release);
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+        shared.wake_front.notify_one();
+    }
 }
 
 /// The daemon's side of the mutual handshake (see [`crate::wire`]). Any failure closes
@@ -517,7 +587,7 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(drop)?;
     let auth: wire::Auth = wire::decode("auth", &buf).map_err(drop)?;
     if !wire::verify(secret, Role::Client, &hello.nonce, &nonce, &auth.proof) {
-        log("handshake refused: bad client proof");
+        log_peer("handshake refused: bad client proof");
         return Err(());
     }
     let verdict = if shared.shutting_down.load(Ordering::Acquire) {
@@ -557,7 +627,6 @@ fn instance_thread<S: Service>(
     construct: Construct<S>,
     built: std::sync::mpsc::Sender<Result<(), String>>,
     mut from_front: mpsc::UnboundedReceiver<ToInstance>,
-    shared: Arc<Shared>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -587,12 +656,8 @@ fn instance_thread<S: Service>(
     let instance = Rc::new(Mutex::new(Some(instance)));
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
-        while let Some(ToInstance::Connection(stream)) = from_front.recv().await {
-            tokio::task::spawn_local(serve_connection(
-                stream,
-                Rc::clone(&instance),
-                Arc::clone(&shared),
-            ));
+        while let Some(ToInstance::Connection(stream, guard)) = from_front.recv().await {
+            tokio::task::spawn_local(serve_connection(stream, guard, Rc::clone(&instance)));
         }
         // Waits for the call in flight, if any; later calls find no instance.
         let dropped = instance.lock().await.take();
@@ -620,16 +685,16 @@ impl Buffers {
     }
 }
 
+/// Serves one authenticated connection; its guard counts it until this ends.
 async fn serve_connection<S: Service>(
     stream: std::net::TcpStream,
+    guard: ConnectionGuard,
     instance: Rc<Mutex<Option<S>>>,
-    shared: Arc<Shared>,
 ) {
     if let Ok(mut stream) = TcpStream::from_std(stream) {
         let (reader, writer) = stream.split();
-        let _ = connection_loop(reader, writer, &instance, &shared).await;
+        let _ = connection_loop(reader, writer, &instance, &guard.0).await;
     }
-    connection_closed(&shared);
 }
 
 async fn connection_loop<S: Service>(
@@ -752,7 +817,7 @@ fn daemon_info(shared: &Shared) -> wire::DaemonInfo {
     wire::DaemonInfo {
         pid: shared.pid,
         instance: shared.instance,
-        port: shared.port.load(Ordering::Relaxed) as u16,
+        port: shared.port,
         uptime: shared.started.elapsed(),
         calls_served: shared.calls_served.load(Ordering::Relaxed),
         clients: shared.connections.load(Ordering::Relaxed),
@@ -790,6 +855,19 @@ thread_local! {
     /// Set on the threads of an in-process host that was not asked to be verbose: an
     /// application's stderr is not a daemon log.
     static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A line about a peer that may not have the secret: at most one a second, so that
+/// another user's connection flood cannot fill the disk with the log.
+fn log_peer(message: &str) {
+    static LAST: AtomicU64 = AtomicU64::new(u64::MAX);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if LAST.swap(second, Ordering::Relaxed) != second {
+        log(message);
+    }
 }
 
 /// A line in the daemon's log (its stderr is the log file).
@@ -854,7 +932,7 @@ pub(crate) fn start_background<S: Service>(
         .name("loopback-singleton-front".into())
         .spawn(move || {
             QUIET.set(!verbose);
-            let _ = started.serve(&dir);
+            let _ = started.serve(&dir, Signals::Ignore);
         })
         .map_err(|error| Error::io("spawning the front thread", error))?;
     Ok(Background {
@@ -889,13 +967,15 @@ pub(crate) mod fuzz {
             name: "fuzz".into(),
             pid: 1,
             instance: 7,
-            port: AtomicU32::new(1),
+            port: 1,
             started: Instant::now(),
             schema: S::SCHEMA,
             init: 0,
             init_description: "()".into(),
             options: ServeOptions::default().max_frame_size(max_frame),
             connections: AtomicU32::new(1),
+            handshaking: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(0),
             calls_served: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             wake_front: Notify::new(),
