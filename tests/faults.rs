@@ -325,6 +325,11 @@ fn a_frozen_daemon_is_a_timeout_not_a_hang() {
         .call_timeout(Duration::from_millis(500))
         .connect(0)
         .unwrap();
+    let sender: CounterClient = env
+        .builder::<Counter>()
+        .call_timeout(Duration::from_millis(500))
+        .connect(0)
+        .unwrap();
     let pid = counter.pid().unwrap();
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
@@ -334,6 +339,19 @@ fn a_frozen_daemon_is_a_timeout_not_a_hang() {
         assert!(Instant::now() < deadline, "the daemon did not stop");
         std::thread::sleep(Duration::from_millis(2));
     }
+
+    // Sending a request larger than the socket buffers waits no longer than the call
+    // timeout either.
+    let started = Instant::now();
+    match sender.echo(vec![7; 32 << 20]) {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("expected Timeout while sending, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 
     // A call waits no longer than its timeout.
     let started = Instant::now();

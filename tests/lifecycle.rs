@@ -345,3 +345,18 @@ fn sigterm_retires_the_daemon_gracefully() {
     let log = std::fs::read_to_string(env.dir().join("daemon.log")).unwrap();
     assert!(log.contains("retiring: SIGTERM"), "{log}");
 }
+
+#[test]
+fn shutdown_of_a_daemon_already_gone_starts_none() {
+    let env = TestEnv::new("shutgone");
+    let first: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    let second: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    first.shutdown().unwrap();
+    // The second client's pooled connection leads nowhere now: nothing to stop, and
+    // no daemon is started just to be stopped.
+    second.shutdown().unwrap();
+    second.shutdown().unwrap();
+    assert!(!env.metadata_path().exists());
+    let log = std::fs::read_to_string(env.dir().join("daemon.log")).unwrap();
+    assert_eq!(log.matches("serving").count(), 1, "{log}");
+}

@@ -577,27 +577,22 @@ impl<S> Client<S> {
     /// calls fail with [`Error::ConnectionLost`]; their next call after that starts a
     /// fresh daemon.
     pub fn shutdown(&self) -> Result<(), Error> {
-        let mut connection = self.inner.checkout()?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        wire::begin_message(&mut connection.buf, id, wire::KIND_SHUTDOWN);
-        wire::finish_frame(&mut connection.buf);
-        let pid = self.inner.endpoint().as_ref().map(|endpoint| endpoint.pid);
-        let result = self.inner.round_trip(&mut connection, id).map(drop);
-        self.inner.forget(connection.instance);
-        result?;
-        // The daemon closes every connection as its process exits: wait for that.
-        let stream = connection.reader.get_mut();
-        let _ = stream.set_read_timeout(Some(self.inner.start_timeout));
-        let mut sink = [0u8; 64];
-        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
-        if let Some(pid) = pid {
-            let deadline = Instant::now() + self.inner.start_timeout;
-            while runtime_dir::process_start_time(pid).is_some() && Instant::now() < deadline {
-                // Gone from our view once it is reaped or a zombie awaiting its parent.
-                if is_zombie(pid) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
+        // A pooled connection may lead to a daemon that is gone already: look again once.
+        for attempt in 0..2 {
+            // Never start a daemon just to stop it.
+            let Some(mut connection) = self.inner.checkout_running()? else {
+                return Ok(());
+            };
+            let pid = self.inner.endpoint().as_ref().map(|endpoint| endpoint.pid);
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            wire::begin_message(&mut connection.buf, id, wire::KIND_SHUTDOWN);
+            wire::finish_frame(&mut connection.buf);
+            let result = self.inner.round_trip(&mut connection, id);
+            self.inner.forget(connection.instance);
+            match result {
+                Ok(_) => return self.inner.await_exit(connection, pid),
+                Err(Error::ConnectionLost { .. }) if attempt == 0 => {}
+                Err(error) => return Err(error),
             }
         }
         Ok(())
@@ -723,6 +718,44 @@ impl Inner {
             Err(FrameError::Protocol(error)) => return Err(Error::Protocol(error)),
         }
         reply_body(buf, id)
+    }
+
+    /// A connection to the daemon that runs now, if any: pooled, or found by probing
+    /// the runtime directory. Never starts one.
+    fn checkout_running(&self) -> Result<Option<Connection>, Error> {
+        if let Some(connection) = lock(&self.idle).pop() {
+            return Ok(Some(connection));
+        }
+        match self.probe() {
+            Probe::Found(connection, endpoint) => {
+                *self.endpoint() = Some(endpoint);
+                Ok(Some(connection))
+            }
+            Probe::Absent => Ok(None),
+            Probe::Busy(error) | Probe::Fatal(error) => Err(error),
+        }
+    }
+
+    /// After a shutdown was acknowledged: waits until the daemon has closed the
+    /// connection (it does as it exits) and its process is gone.
+    fn await_exit(&self, mut connection: Connection, pid: Option<u32>) -> Result<(), Error> {
+        let deadline = Instant::now() + self.start_timeout;
+        let stream = connection.reader.get_mut();
+        let _ = stream.set_read_timeout(Some(self.start_timeout));
+        let mut sink = [0u8; 64];
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        let Some(pid) = pid else { return Ok(()) };
+        // Gone from our view once reaped, or a zombie awaiting its parent.
+        while runtime_dir::process_start_time(pid).is_some() && !is_zombie(pid) {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    name: self.name.clone(),
+                    after: self.start_timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
     }
 
     fn checkout(&self) -> Result<Connection, Error> {
@@ -1007,7 +1040,7 @@ impl Inner {
         let stream = reader.get_ref();
         stream
             .set_read_timeout(self.call_timeout)
-            .and_then(|()| stream.set_write_timeout(None))
+            .and_then(|()| stream.set_write_timeout(self.call_timeout))
             .map_err(lost)?;
         Ok(Connection {
             reader,

@@ -384,7 +384,10 @@ impl<P: Payload> SingleInstance<P> {
                 .serve_options(ServeOptions::default().idle_ttl(None))
                 .name(&name)
                 .connect_timeout(connect_timeout)
-                .start_timeout(remaining);
+                .start_timeout(remaining)
+                // A primary that stops answering (a stuck callback, SIGSTOP) must not
+                // hang the secondary: it gives up when its start timeout runs out.
+                .call_timeout(remaining.max(connect_timeout));
             if let Some(base) = &runtime_dir {
                 builder = builder.runtime_dir(base);
             }
