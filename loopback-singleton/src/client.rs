@@ -125,8 +125,10 @@ impl<S: Service> Builder<S> {
         self
     }
 
-    /// Limit for one call's reply (default: none; a killed daemon is noticed at once
-    /// anyway, because its sockets close).
+    /// Limit for sending one call and receiving its reply (default: none). A killed
+    /// daemon is noticed at once without it, because its sockets close; a stopped or
+    /// stuck one (SIGSTOP, a method that never returns) is not: set one where a
+    /// caller must never wait past a bound.
     pub fn call_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.call_timeout = timeout.into();
         self

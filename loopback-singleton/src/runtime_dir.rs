@@ -186,7 +186,8 @@ impl RuntimeDir {
     /// replaced it). Holds the start lock while checking, when it can get it quickly.
     pub(crate) fn retire(&self, instance: u64) {
         let Ok(_lock) = self.lock(Duration::from_millis(500)) else {
-            // Someone holds the lock to start a successor, which overwrites the file.
+            // Someone holds the lock: a client starting a successor (which overwrites the
+            // file) or probing; either way a stale file is recognised by its dead pid.
             return;
         };
         if let Ok(Some(metadata)) = self.read_metadata() {

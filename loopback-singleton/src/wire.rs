@@ -177,7 +177,7 @@ pub(crate) fn describe<T: Serialize + ?Sized>(init: &T) -> String {
 /// Starts a frame in `buf`: clears it and reserves the length prefix.
 pub(crate) fn begin_frame(buf: &mut Vec<u8>) {
     buf.clear();
-    buf.extend_from_slice(&[0; 4]);
+    open_frame(buf);
 }
 
 /// Fills in the length prefix reserved by [`begin_frame`].
@@ -328,10 +328,8 @@ pub(crate) fn split_header<'a>(
 /// Starts a request or reply frame with its header; returns the index of the tag byte
 /// so that a reply's status can be patched once the method has run.
 pub(crate) fn begin_message(buf: &mut Vec<u8>, id: u64, tag: u8) -> usize {
-    begin_frame(buf);
-    postcard::to_io(&id, &mut *buf).expect("encoding into a Vec cannot fail");
-    buf.push(tag);
-    buf.len() - 1
+    buf.clear();
+    append_message(buf, id, tag)
 }
 
 #[cfg(test)]
