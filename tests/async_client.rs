@@ -130,3 +130,23 @@ async fn dropping_every_handle_closes_the_connection() {
     }
     blocking.shutdown().unwrap();
 }
+
+#[test]
+fn a_client_outlives_the_runtime_it_connected_in() {
+    let env = TestEnv::new("async-runtimes");
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let counter: CounterAsyncClient = first
+        .block_on(env.builder::<Counter>().connect_async(0))
+        .unwrap();
+    assert_eq!(first.block_on(counter.inc()).unwrap(), 1);
+    // The connection's tasks die with their runtime; the client notices and
+    // reconnects from the runtime it is used in next, instead of waiting forever.
+    drop(first);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    let value = second
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), counter.inc()).await })
+        .expect("the call must not hang")
+        .unwrap();
+    assert_eq!(value, 2, "the same daemon, reached again");
+    second.block_on(counter.shutdown()).unwrap();
+}

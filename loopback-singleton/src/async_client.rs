@@ -381,6 +381,21 @@ async fn write_requests(
     let _ = writer.shutdown().await;
 }
 
+/// Fails the waiting calls when the reader task ends for any reason, including its
+/// runtime shutting down under it: a call must never wait for a reply nobody reads.
+struct FailOnDrop {
+    waiters: Arc<Mutex<Waiters>>,
+    name: String,
+}
+
+impl Drop for FailOnDrop {
+    fn drop(&mut self) {
+        fail_all(&self.waiters, || {
+            lost(&self.name, "the connection's reader stopped")
+        });
+    }
+}
+
 /// Hands each reply to the call waiting for its id, until the connection ends.
 async fn read_replies(
     reader: OwnedReadHalf,
@@ -388,6 +403,10 @@ async fn read_replies(
     max_frame: u32,
     name: String,
 ) {
+    let _fail_on_exit = FailOnDrop {
+        waiters: Arc::clone(&waiters),
+        name: name.clone(),
+    };
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     loop {
         let mut payload = Vec::new();
