@@ -1,6 +1,8 @@
 //! The benchmark of loopback-singleton (issue 4): small-call latency, throughput,
 //! cold start, payload sweep and footprint, each against raw `std::net` loopback TCP
-//! measured in the same run, and against tarpc over TCP.
+//! measured in the same run, and against tarpc over TCP; the blocking client and the
+//! async client (`BenchAsyncClient`, beside tarpc's async client on the same kind of
+//! tokio runtime).
 //!
 //! ```text
 //! cargo run --release -p loopback-singleton-bench            # full run, a few minutes
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use procs::Proc;
 use report::{Report, Stats};
-use service::{BenchClient, INC};
+use service::{BenchAsyncClient, BenchClient, INC};
 
 /// Sizes of the measurement, full or `--quick`.
 #[derive(Clone, Copy)]
@@ -40,6 +42,8 @@ struct Plan {
     crowd_rounds: usize,
     idle_secs: f64,
     pipeline_window: usize,
+    /// Concurrent tasks on one async client (and on one tarpc client).
+    async_tasks: u16,
 }
 
 impl Plan {
@@ -58,6 +62,7 @@ impl Plan {
                 crowd_rounds: 3,
                 idle_secs: 1.0,
                 pipeline_window: 64,
+                async_tasks: 64,
             }
         } else {
             Plan {
@@ -73,6 +78,7 @@ impl Plan {
                 crowd_rounds: 20,
                 idle_secs: 3.0,
                 pipeline_window: 64,
+                async_tasks: 64,
             }
         }
     }
@@ -150,16 +156,27 @@ fn run(plan: &Plan, base: &Path) -> Report {
         .build()
         .expect("tokio runtime");
     let tarpc_client = runtime.block_on(roles::tarpc_connect(tarpc_port));
+    // The async client lives on the same current_thread runtime as tarpc's client: its
+    // writer and reader tasks run on this (pinned) thread while `block_on` runs.
+    let async_client = runtime
+        .block_on(
+            BenchAsyncClient::builder()
+                .runtime_dir(base)
+                .name(name)
+                .connect_async(()),
+        )
+        .expect("connecting the async client");
     let mut raw_stream = roles::raw_connect(raw_port, roles::RAW_PING);
 
-    // 1-3. Small-call latency, pinned same-core and cross-core, interleaved rounds.
+    // 1-3. Small-call latency, pinned same-core and cross-core, interleaved rounds: raw
+    // TCP, the blocking client, tarpc, the async client (one `inc().await` at a time).
     for (label, client_cpu, server_cpu) in [("same core", 0, 0), ("cross core", 0, 1)] {
         eprintln!("latency, {label}...");
         procs::pin_thread(Some(client_cpu));
         for pid in [raw.pid(), tarpc.pid(), daemon_pid] {
             procs::pin_process(pid, Some(server_cpu));
         }
-        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+        let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         let per_round = plan.samples / plan.rounds;
         for round in 0..plan.rounds {
             let warmup = if round == 0 { plan.warmup } else { 100 };
@@ -183,16 +200,35 @@ fn run(plan: &Plan, base: &Path) -> Report {
                 }
                 out
             }));
+            samples[3].extend(runtime.block_on(async {
+                let mut out = Vec::with_capacity(per_round);
+                for i in 0..warmup + per_round {
+                    let start = Instant::now();
+                    async_client.inc().await.expect("async inc");
+                    if i >= warmup {
+                        out.push(start.elapsed().as_nanos() as u64);
+                    }
+                }
+                out
+            }));
         }
-        let [raw_s, crate_s, tarpc_s] = samples.map(Stats::of);
+        let [raw_s, crate_s, tarpc_s, async_s] = samples.map(Stats::of);
         report
             .latency
             .push((label.to_string(), raw_s, crate_s, tarpc_s));
+        report
+            .async_latency
+            .push((label.to_string(), raw_s, async_s, tarpc_s));
     }
     procs::pin_thread(None);
     for pid in [raw.pid(), tarpc.pid(), daemon_pid] {
         procs::pin_process(pid, None);
     }
+    // Close the async connection before the idle footprint (no client connected): its
+    // writer task shuts the socket and its reader sees the daemon close, but only while
+    // the runtime runs.
+    drop(async_client);
+    runtime.block_on(async { tokio::time::sleep(Duration::from_millis(30)).await });
 
     // 5b. Warm connect: a new client (TCP connect + mutual handshake) to a running daemon.
     eprintln!("warm connect...");
@@ -287,6 +323,45 @@ fn run(plan: &Plan, base: &Path) -> Report {
             format!("pipelined, 1 connection, window {window} (pinned cross-core)"),
             raw_rate,
             crate_rate,
+            tarpc_rate,
+        ));
+    }
+    {
+        // One client process pinned to CPU 0 (servers on CPU 1): many tasks on one async
+        // client, and as many on one tarpc client, each on a current_thread runtime;
+        // the baseline is raw TCP from one process, one call at a time, same pinning.
+        let tasks = plan.async_tasks;
+        eprintln!("throughput, {tasks} tasks on one async client...");
+        let secs = plan.throughput_secs;
+        let raw_rate = procs::workers(
+            "raw-worker",
+            1,
+            secs,
+            &[("LSB_PORT", raw_port), ("LSB_CPU", 0)],
+            name,
+        );
+        let async_rate = procs::workers(
+            "async-tasks-worker",
+            1,
+            secs,
+            &[("LSB_TASKS", tasks), ("LSB_CPU", 0)],
+            name,
+        );
+        let tarpc_rate = procs::workers(
+            "tarpc-tasks-worker",
+            1,
+            secs,
+            &[
+                ("LSB_PORT", tarpc_port),
+                ("LSB_TASKS", tasks),
+                ("LSB_CPU", 0),
+            ],
+            name,
+        );
+        report.async_throughput.push((
+            format!("1 client process, {tasks} tasks on one client"),
+            raw_rate,
+            async_rate,
             tarpc_rate,
         ));
     }

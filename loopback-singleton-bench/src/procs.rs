@@ -112,11 +112,12 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `n` worker processes of `role`, starts them together once all are connected,
-/// and returns their total calls per second.
-pub fn workers(role: &str, n: usize, secs: f64, ports: &[(&str, u16)], name: &str) -> f64 {
+/// Starts `n` worker processes of `role` (with numeric settings such as `LSB_PORT` in
+/// their environment), starts them together once all are connected, and returns their
+/// total calls per second.
+pub fn workers(role: &str, n: usize, secs: f64, numbers: &[(&str, u16)], name: &str) -> f64 {
     let secs_text = secs.to_string();
-    let ports: Vec<(String, String)> = ports
+    let numbers: Vec<(String, String)> = numbers
         .iter()
         .map(|(key, port)| (key.to_string(), port.to_string()))
         .collect();
@@ -125,7 +126,7 @@ pub fn workers(role: &str, n: usize, secs: f64, ports: &[(&str, u16)], name: &st
         ("LSB_NAME", name),
         ("LOOPBACK_SINGLETON_NO_SPAWN", "1"),
     ];
-    env.extend(ports.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    env.extend(numbers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut workers: Vec<Proc> = (0..n).map(|_| Proc::spawn(role, &env)).collect();
     for worker in &mut workers {
         let line = worker.read_line();

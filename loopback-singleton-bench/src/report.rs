@@ -35,6 +35,11 @@ pub struct Report {
     pub quick: bool,
     pub latency: Vec<(String, Stats, Stats, Stats)>,
     pub throughput: Vec<(String, f64, f64, f64)>,
+    /// (pinning, raw, the async client, tarpc): the same raw and tarpc samples as
+    /// `latency`, the async client measured in the same interleaved rounds.
+    pub async_latency: Vec<(String, Stats, Stats, Stats)>,
+    /// (load, raw TCP from one process one call at a time, the async client, tarpc).
+    pub async_throughput: Vec<(String, f64, f64, f64)>,
     /// (label, size, raw, loopback-singleton, tarpc), bytes per second.
     pub payload: Vec<(String, usize, f64, f64, f64)>,
     pub warm_connect: Option<Stats>,
@@ -109,6 +114,8 @@ impl Report {
             quick,
             latency: Vec::new(),
             throughput: Vec::new(),
+            async_latency: Vec::new(),
+            async_throughput: Vec::new(),
             payload: Vec::new(),
             warm_connect: None,
             idle_rss_kib: 0,
@@ -178,6 +185,70 @@ impl Report {
                 rate(*tarpc),
                 tarpc / raw,
             );
+        }
+
+        if !self.async_latency.is_empty() || !self.async_throughput.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n**Async client** (`BenchAsyncClient`) against tarpc's client, both on a tokio \
+                 current_thread runtime in the calling process, pinned like the rows above\n"
+            );
+        }
+        if !self.async_latency.is_empty() {
+            let _ = writeln!(
+                out,
+                "Small call round trip, one `inc().await` at a time from one task (median / p99 of {} calls each; \
+                 raw and tarpc: the samples of the blocking table, measured in the same rounds)\n",
+                self.async_latency
+                    .first()
+                    .map_or(0, |(_, _, ours, _)| ours.count)
+            );
+            let _ = writeln!(
+                out,
+                "| pinning | raw TCP | async client | ratio | tarpc | ratio | target < tarpc |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            for (label, raw, ours, tarpc) in &self.async_latency {
+                let _ = writeln!(
+                    out,
+                    "| {label} | {} / {} | {} / {} | {:.2}× | {} / {} | {:.2}× | {} |",
+                    micros(raw.median),
+                    micros(raw.p99),
+                    micros(ours.median),
+                    micros(ours.p99),
+                    ours.median as f64 / raw.median as f64,
+                    micros(tarpc.median),
+                    micros(tarpc.p99),
+                    tarpc.median as f64 / raw.median as f64,
+                    mark(ours.median < tarpc.median),
+                );
+            }
+        }
+        if !self.async_throughput.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nThroughput of one client process, concurrent tasks on one client (one connection), \
+                 client pinned to CPU 0, servers to CPU 1. Baseline: raw TCP from one process with \
+                 the same pinning, one call at a time (raw TCP has no concurrent client; the \
+                 pipelined row above is its batched ceiling)\n"
+            );
+            let _ = writeln!(
+                out,
+                "| load | raw TCP, sequential | async client | ratio | tarpc | ratio | target > tarpc |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            for (label, raw, ours, tarpc) in &self.async_throughput {
+                let _ = writeln!(
+                    out,
+                    "| {label} | {} | {} | {:.2}× | {} | {:.2}× | {} |",
+                    rate(*raw),
+                    rate(*ours),
+                    ours / raw,
+                    rate(*tarpc),
+                    tarpc / raw,
+                    mark(ours > tarpc),
+                );
+            }
         }
 
         let _ = writeln!(
@@ -287,9 +358,23 @@ impl Report {
     pub fn svg(&self) -> String {
         let mut panels = Vec::new();
         let mut latency = Vec::new();
-        for (label, raw, ours, tarpc) in &self.latency {
+        // The async client's groups follow, its bar in the crate's colour.
+        let async_rows = self.async_latency.iter().map(|(label, raw, ours, tarpc)| {
+            let short = label.replace(" core", "");
+            (format!("async {short}"), raw, ours, tarpc)
+        });
+        let blocking_rows = self
+            .latency
+            .iter()
+            .map(|(label, raw, ours, tarpc)| (label.clone(), raw, ours, tarpc));
+        for (label, raw, ours, tarpc) in blocking_rows.chain(async_rows) {
             for (what, pick) in [("median", 0), ("p99", 1)] {
                 let get = |s: &Stats| if pick == 0 { s.median } else { s.p99 } as f64;
+                let what = if label.starts_with("async") {
+                    if pick == 0 { "p50" } else { "p99" }
+                } else {
+                    what
+                };
                 latency.push(Group {
                     label: format!("{label} {what}"),
                     bars: [get(raw), get(ours), get(tarpc)],
@@ -301,9 +386,22 @@ impl Report {
             "Small-call latency ÷ raw TCP (lower is better)".to_string(),
             latency,
         ));
+        let async_rows = self
+            .async_throughput
+            .iter()
+            .map(|(label, raw, ours, tarpc)| {
+                let tasks = label
+                    .split(", ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .unwrap_or("?");
+                (format!("async, {tasks} tasks"), raw, ours, tarpc)
+            });
         let throughput = self
             .throughput
             .iter()
+            .map(|(label, raw, ours, tarpc)| (label.clone(), raw, ours, tarpc))
+            .chain(async_rows)
             .map(|(label, raw, ours, tarpc)| Group {
                 label: label
                     .replace(" client processes", " procs")

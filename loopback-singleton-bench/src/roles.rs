@@ -1,6 +1,6 @@
 //! The processes the benchmark starts by re-executing itself with `LSB_ROLE` set: the
-//! raw TCP server, the tarpc server, throughput workers of all three kinds, and the
-//! cold-start client. Roles talk to the parent with lines on stdin/stdout.
+//! raw TCP server, the tarpc server, throughput workers (one call at a time, or many
+//! concurrent tasks on one async client), and the cold-start client. Roles talk to the parent with lines on stdin/stdout.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -11,7 +11,7 @@ use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use crate::service::{BenchClient, TarpcBench, TarpcBenchClient, TarpcServer};
+use crate::service::{BenchAsyncClient, BenchClient, TarpcBench, TarpcBenchClient, TarpcServer};
 
 /// The role environment variable: never extra argv (see DESIGN.md §5, Spawn).
 pub const ROLE: &str = "LSB_ROLE";
@@ -41,10 +41,13 @@ pub fn run_role() -> bool {
     match role.as_str() {
         "raw-server" => raw_server(),
         "tarpc-server" => tarpc_server(),
-        "raw-worker" => worker(|deadline| {
-            let mut stream = raw_connect(env_num("LSB_PORT"), RAW_PING);
-            count_until(deadline, || raw_ping(&mut stream))
-        }),
+        "raw-worker" => {
+            pin_from_env();
+            worker(|deadline| {
+                let mut stream = raw_connect(env_num("LSB_PORT"), RAW_PING);
+                count_until(deadline, || raw_ping(&mut stream))
+            })
+        }
         "crate-worker" => worker(|deadline| {
             let client = crate_connect();
             // `LSB_PAYLOAD=N`: calls `sink` with N bytes instead (for profiling).
@@ -80,6 +83,52 @@ pub fn run_role() -> bool {
                     }
                     calls
                 })
+            })
+        }
+        // `LSB_TASKS` concurrent tasks on one client, on a current_thread runtime
+        // pinned to `LSB_CPU` (the main process's tarpc client runs the same way).
+        "async-tasks-worker" => {
+            pin_from_env();
+            let runtime = current_thread();
+            let client = runtime.block_on(async {
+                BenchAsyncClient::builder()
+                    .runtime_dir(env("LOOPBACK_SINGLETON_DIR"))
+                    .name(env("LSB_NAME"))
+                    .connect_async(())
+                    .await
+                    .expect("connecting the async client to the bench daemon")
+            });
+            let tasks: usize = env_num("LSB_TASKS");
+            worker(|deadline| {
+                runtime.block_on(join_tasks((0..tasks).map(|_| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        count_until_async(deadline, || async {
+                            client.inc().await.expect("async inc");
+                        })
+                        .await
+                    })
+                })))
+            })
+        }
+        "tarpc-tasks-worker" => {
+            pin_from_env();
+            let runtime = current_thread();
+            let client = runtime.block_on(tarpc_connect(env_num("LSB_PORT")));
+            let tasks: usize = env_num("LSB_TASKS");
+            worker(|deadline| {
+                runtime.block_on(join_tasks((0..tasks).map(|_| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        count_until_async(deadline, || async {
+                            client
+                                .inc(tarpc::context::current())
+                                .await
+                                .expect("tarpc inc");
+                        })
+                        .await
+                    })
+                })))
             })
         }
         "cold" => cold(),
@@ -118,6 +167,40 @@ fn worker(run: impl FnOnce(Instant) -> u64) {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let calls = run(deadline);
     println!("count {calls}");
+}
+
+/// Pins this thread (and so the threads it starts later) to `LSB_CPU`, if set.
+fn pin_from_env() {
+    if let Ok(cpu) = std::env::var("LSB_CPU") {
+        let cpu: usize = cpu.parse().expect("LSB_CPU is not a number");
+        crate::procs::pin_thread(Some(cpu % crate::procs::available_cpus()));
+    }
+}
+
+/// Sums the call counts of spawned tasks.
+async fn join_tasks(tasks: impl Iterator<Item = tokio::task::JoinHandle<u64>>) -> u64 {
+    let tasks: Vec<_> = tasks.collect();
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await.expect("a benchmark task panicked");
+    }
+    calls
+}
+
+/// [`count_until`] for one task of many: awaits `call` in batches of 16 until the
+/// deadline (at most ten million calls, a bound that no deadline here reaches).
+async fn count_until_async<F: Future<Output = ()>>(
+    deadline: Instant,
+    mut call: impl FnMut() -> F,
+) -> u64 {
+    let mut calls = 0u64;
+    while Instant::now() < deadline && calls < 10_000_000 {
+        for _ in 0..16 {
+            call().await;
+        }
+        calls += 16;
+    }
+    calls
 }
 
 fn count_until(deadline: Instant, mut call: impl FnMut()) -> u64 {
