@@ -474,7 +474,8 @@ fn render(panels: &[(String, Vec<Group>)], machine: &str) -> String {
     for (index, (title, groups)) in panels.iter().enumerate() {
         let y0 = top + index as f64 * panel_height;
         let (left, right) = (60.0, width - 20.0);
-        let (plot_top, plot_bottom) = (y0 + 28.0, y0 + panel_height - 40.0);
+        // Below the axis: three staggered rows of absolute values, then the group name.
+        let (plot_top, plot_bottom) = (y0 + 28.0, y0 + panel_height - 50.0);
         let ratios: Vec<[f64; 3]> = groups
             .iter()
             .map(|g| {
@@ -526,9 +527,11 @@ fn render(panels: &[(String, Vec<Group>)], machine: &str) -> String {
                     escape(&group.text[k]),
                     ratio[k]
                 );
+                // A bar cut at the top of the axis says so.
+                let clipped = if ratio[k] > max { " ↑" } else { "" };
                 let _ = writeln!(
                     svg,
-                    r##"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{:.2}×</text>"##,
+                    r##"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{:.2}×{clipped}</text>"##,
                     x + bar / 2.0 - 1.0,
                     y - 3.0,
                     ratio[k]
@@ -545,7 +548,7 @@ fn render(panels: &[(String, Vec<Group>)], machine: &str) -> String {
                 svg,
                 r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">{}</text>"##,
                 gx + 1.5 * bar,
-                plot_bottom + 36.0,
+                plot_bottom + 46.0,
                 escape(&group.label)
             );
         }
