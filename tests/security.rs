@@ -95,6 +95,15 @@ fn an_oversized_frame_closes_that_connection_only() {
         }
         other => panic!("expected FrameTooLarge, got {other:?}"),
     }
+    // A client whose own limit is larger learns the daemon's in the handshake.
+    let roomy: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    match roomy.echo(vec![0; 2 << 20]) {
+        Err(Error::Protocol(ProtocolError::FrameTooLarge { limit, .. })) => {
+            assert_eq!(limit, 1 << 20)
+        }
+        other => panic!("expected FrameTooLarge at the daemon's limit, got {other:?}"),
+    }
+    assert_eq!(roomy.echo(vec![1; 1000]).unwrap(), vec![1; 1000]);
     assert_eq!(counter.inc().unwrap(), 1, "the daemon serves on");
     assert_eq!(counter.echo(vec![9; 1000]).unwrap(), vec![9; 1000]);
     counter.shutdown().unwrap();

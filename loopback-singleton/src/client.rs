@@ -236,6 +236,9 @@ struct Connection {
     reader: BufReader<TcpStream>,
     buf: Vec<u8>,
     instance: u64,
+    /// The smaller of this client's and the daemon's frame limits: requests above it
+    /// are refused before they are sent.
+    max_frame: u32,
     /// Length of the last request sent from `buf` (its reply has replaced it since).
     request_len: usize,
 }
@@ -657,7 +660,7 @@ impl Inner {
         wire::begin_message(&mut connection.buf, id, kind);
         // A request that cannot be encoded or sent leaves the connection as it was.
         let encoded = encode_body(&mut connection.buf)
-            .and_then(|()| check_frame_limit(&connection.buf, self.max_frame));
+            .and_then(|()| check_frame_limit(&connection.buf, connection.max_frame));
         if let Err(error) = encoded {
             self.checkin(connection);
             return Err(error);
@@ -1019,8 +1022,12 @@ impl Inner {
                 DialError::Stale(error) => DialError::Fatal(error),
                 other => other,
             })?;
-        let instance = match verdict {
-            wire::Verdict::Welcome { instance, .. } => instance,
+        let (instance, max_frame) = match verdict {
+            wire::Verdict::Welcome {
+                instance,
+                max_frame,
+                ..
+            } => (instance, max_frame.min(self.max_frame)),
             wire::Verdict::Rejected(wire::Rejection::Schema { daemon }) => {
                 return Err(DialError::Fatal(Error::SchemaMismatch {
                     name: self.name.clone(),
@@ -1048,6 +1055,7 @@ impl Inner {
             reader,
             buf,
             instance,
+            max_frame,
             request_len: 0,
         })
     }

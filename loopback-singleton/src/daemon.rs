@@ -604,6 +604,7 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         wire::Verdict::Welcome {
             pid: shared.pid,
             instance: shared.instance,
+            max_frame: shared.options.max_frame,
         }
     };
     let welcomed = matches!(verdict, wire::Verdict::Welcome { .. });

@@ -9,7 +9,7 @@
 //! client -> daemon  Hello      { magic, version, client nonce }
 //! daemon -> client  Challenge  { magic, version, daemon nonce, daemon proof }
 //! client -> daemon  Auth       { client proof, schema, init fingerprint, init description }
-//! daemon -> client  Verdict    Welcome { pid, instance } | Rejected(..)
+//! daemon -> client  Verdict    Welcome { pid, instance, max_frame } | Rejected(..)
 //! ```
 //!
 //! Proofs are BLAKE3 keyed hashes, under the per-daemon secret, of a role label and both
@@ -76,7 +76,13 @@ pub(crate) struct Auth {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Verdict {
-    Welcome { pid: u32, instance: u64 },
+    /// `max_frame`: the largest frame the daemon accepts, so that a client refuses a
+    /// request above it before sending instead of losing the connection.
+    Welcome {
+        pid: u32,
+        instance: u64,
+        max_frame: u32,
+    },
     Rejected(Rejection),
 }
 

@@ -37,7 +37,11 @@ pub struct Auth {
 /// Only `Welcome` is decoded here; anything else fails the test that expects it.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Verdict {
-    Welcome { pid: u32, instance: u64 },
+    Welcome {
+        pid: u32,
+        instance: u64,
+        max_frame: u32,
+    },
 }
 
 pub fn proof(
