@@ -112,9 +112,11 @@ fn main() {
     procs::set_runtime_base(&base);
 
     let started = Instant::now();
-    let report = run(&plan, &base);
+    // A panic in a phase must not leave helpers or the daemon behind either.
+    let report = std::panic::catch_unwind(|| run(&plan, &base));
     procs::stop_all(&base);
     let _ = std::fs::remove_dir_all(&base);
+    let report = report.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 
     let table = report.markdown();
     println!("{table}");
