@@ -13,7 +13,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{self, Builder, Client};
+use crate::client::{self, Builder, Client, lock};
 use crate::error::Error;
 use crate::service::Service;
 use crate::wire::{self, DaemonInfo, FrameError};
@@ -144,10 +144,6 @@ struct Waiters {
     /// Cleared when the connection fails: later calls reconnect.
     open: bool,
     replies: HashMap<u64, oneshot::Sender<Result<Vec<u8>, Error>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<S: Service> AsyncClient<S> {

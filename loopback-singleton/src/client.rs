@@ -279,7 +279,10 @@ enum Probe {
     Fatal(Error),
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks a mutex of the clients' or a primary's bookkeeping. A panic while holding one
+/// leaves nothing half-updated (each critical section is a single insert, remove or
+/// swap), so poisoning is ignored rather than spread to every later call.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -628,22 +631,6 @@ impl<S> Client<S> {
     }
 }
 
-#[cfg(target_os = "linux")]
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rfind(')')
-                .map(|at| stat[at + 1..].trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn is_zombie(_pid: u32) -> bool {
-    false
-}
-
 impl Inner {
     fn endpoint(&self) -> MutexGuard<'_, Option<Endpoint>> {
         lock(&self.endpoint)
@@ -750,8 +737,7 @@ impl Inner {
         let mut sink = [0u8; 64];
         while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
         let Some(pid) = pid else { return Ok(()) };
-        // Gone from our view once reaped, or a zombie awaiting its parent.
-        while runtime_dir::process_start_time(pid).is_some() && !is_zombie(pid) {
+        while !runtime_dir::process_exited(pid) {
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
                     name: self.name.clone(),

@@ -351,16 +351,24 @@ fn check_private_dir(_path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// The state letter (field 3: `R`, `S`, `Z`...) and start time (field 22, clock ticks
+/// since boot) of a process, from `/proc/<pid>/stat`; `None` if there is no such process.
+#[cfg(target_os = "linux")]
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its last
+    // ')'. The state is then the first field after it, the start time the 20th.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
+}
+
 /// The start time of a live process (Linux: field 22 of `/proc/<pid>/stat`), or `None`
 /// if no such process exists.
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name (field 2) may contain spaces and parentheses: skip past its
-        // last ')'. Field 22 is then the 20th field after it.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        rest.split_whitespace().nth(19)?.parse().ok()
+        proc_stat(pid).map(|(_, start_time)| start_time)
     }
     #[cfg(all(unix, not(target_os = "linux")))]
     {
@@ -372,6 +380,18 @@ pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     {
         let _ = pid;
         Some(0)
+    }
+}
+
+/// Whether a process has exited: gone, or a zombie waiting for its parent to reap it.
+pub(crate) fn process_exited(pid: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        proc_stat(pid).is_none_or(|(state, _)| state == 'Z')
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        process_start_time(pid).is_none()
     }
 }
 
