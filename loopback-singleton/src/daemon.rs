@@ -110,8 +110,8 @@ impl ServeOptions {
     }
 }
 
-/// Everything a spawned daemon needs, handed over in its environment.
-#[derive(Debug, Serialize, Deserialize)]
+/// Everything a spawned daemon needs, handed over in its launch file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Launch {
     pub name: String,
     pub base: PathBuf,

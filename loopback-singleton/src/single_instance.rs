@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Builder, Client, FoundOrStarted};
-use crate::daemon::{self, Launch, ServeOptions};
+use crate::client::{Builder, Client, FoundOrStarted, lock};
+use crate::daemon::{self, ServeOptions};
 use crate::error::{Error, RemoteError};
 use crate::service::{Dispatch, Fingerprint, Service};
 
@@ -366,7 +366,7 @@ impl<P: Payload> SingleInstance<P> {
         for callback in callbacks {
             state.add_callback(callback);
         }
-        let mut message = Some(Message {
+        let message = Message {
             argv: argv.unwrap_or_else(|| {
                 std::env::args_os()
                     .map(|arg| arg.to_string_lossy().into_owned())
@@ -377,7 +377,7 @@ impl<P: Payload> SingleInstance<P> {
                 .unwrap_or_default(),
             pid: std::process::id(),
             payload,
-        });
+        };
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let mut builder = Builder::<Host<P>>::new()
@@ -394,13 +394,7 @@ impl<P: Payload> SingleInstance<P> {
             let payload_type = std::any::type_name::<P>().to_string();
             let host_state = Arc::clone(&state);
             let found = Client::find_or_start(builder, payload_type, move |dir, launch| {
-                let launch = Launch {
-                    name: launch.name.clone(),
-                    base: launch.base.clone(),
-                    options: launch.options.clone(),
-                    init: launch.init.clone(),
-                    init_description: launch.init_description.clone(),
-                };
+                let launch = launch.clone();
                 let construct = Box::new(move || Ok(Host { state: host_state }));
                 daemon::start_background::<Host<P>>(dir.clone(), launch, construct, verbose)
             })?;
@@ -416,9 +410,10 @@ impl<P: Payload> SingleInstance<P> {
                 }
                 FoundOrStarted::Found(client) => client,
             };
-            let sent = match (&message, forward) {
-                (Some(message), true) => client.call::<Reply, _>(0, message),
-                _ => client.call::<Reply, _>(1, &std::process::id()),
+            let sent = if forward {
+                client.call::<Reply, _>(0, &message)
+            } else {
+                client.call::<Reply, _>(1, &std::process::id())
             };
             let retry_after = match sent {
                 Ok(Reply {
@@ -431,7 +426,6 @@ impl<P: Payload> SingleInstance<P> {
                         Receipt::Ignored => Delivery::Ignored,
                         Receipt::Counted | Receipt::Closed => Delivery::NotSent,
                     };
-                    message.take();
                     return Ok(Role::Secondary(AnotherInstance {
                         name,
                         primary_pid: pid,
@@ -844,10 +838,6 @@ struct State<P> {
     limits: Limits,
     verbose: bool,
     control: Mutex<mpsc::Sender<()>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<P: Payload> State<P> {
