@@ -489,8 +489,10 @@ fn a_missing_short_or_wrong_secret_is_stale_state() {
     assert_recovers(&env, pid, "dead daemon, no secret");
 
     // The daemon lives on but its secret was deleted, cut short, or replaced: nobody
-    // can authenticate with it any more, so a fresh daemon takes the name. The old
-    // one is orphaned; its clients keep it (here: killed by the test).
+    // new can authenticate with it any more. It still holds the name (its instance
+    // lock): a second instance beside it would split the state, so newcomers get a
+    // start timeout that names the lock, and its own clients keep it. Once it is gone,
+    // a fresh daemon takes the name.
     let tamper: [(&str, &dyn Fn()); 3] = [
         ("live daemon, no secret", &|| {
             std::fs::remove_file(&secret).unwrap()
@@ -505,11 +507,22 @@ fn a_missing_short_or_wrong_secret_is_stale_state() {
     for (case, tamper) in tamper {
         let (counter, pid, _) = start_daemon(&env);
         tamper();
-        assert_recovers(&env, pid, case);
-        // The orphan still serves the client that knew it.
+        let refused = env
+            .builder::<Counter>()
+            .start_timeout(Duration::from_millis(300))
+            .connect(0)
+            .map(drop);
+        match refused {
+            Err(Error::StartTimeout { what, .. }) => {
+                assert!(what.contains("instance lock"), "{case}: {what}")
+            }
+            other => panic!("{case}: expected a start timeout, got {other:?}"),
+        }
+        // The unreachable daemon still serves the client that knew it.
         assert_eq!(counter.inc().unwrap(), 2, "{case}");
         assert!(alive(pid));
         kill(pid);
+        assert_recovers(&env, pid, case);
     }
 }
 

@@ -181,7 +181,7 @@ fn garbage_metadata_is_stale_state_and_connect_recovers() {
         let pid = counter.pid().unwrap();
         counter.shutdown().unwrap();
         assert!(!alive(pid));
-        std::fs::write(env.metadata_path(), garbage).unwrap();
+        common::write_private(&env.metadata_path(), garbage);
         let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
         assert_eq!(counter.inc().unwrap(), 1);
         counter.shutdown().unwrap();

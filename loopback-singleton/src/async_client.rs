@@ -120,7 +120,8 @@ impl<T> fmt::Debug for Call<T> {
 struct Core {
     name: String,
     /// Opens an authenticated connection, finding or starting the daemon (blocking).
-    connect: Box<dyn Fn() -> Result<std::net::TcpStream, Error> + Send + Sync>,
+    /// Returns the stream and the id of the daemon instance it leads to.
+    connect: Box<dyn Fn() -> Result<(std::net::TcpStream, u64), Error> + Send + Sync>,
     /// The live connection, if any.
     link: Mutex<Option<Arc<Link>>>,
     /// Held while (re)connecting, so that concurrent calls wait for one connection
@@ -135,6 +136,8 @@ struct Core {
 /// request queue; the writer task then shuts the socket's write side, the daemon closes
 /// the connection, and the reader task ends.
 struct Link {
+    /// The daemon instance at the other end.
+    instance: u64,
     requests: mpsc::UnboundedSender<Vec<u8>>,
     waiters: Arc<Mutex<Waiters>>,
 }
@@ -245,6 +248,13 @@ impl Core {
     /// Sends one request frame and waits for its reply's payload.
     async fn exchange(self: &Arc<Self>, id: u64, frame: Vec<u8>) -> Result<Vec<u8>, Error> {
         let link = self.link().await?;
+        // An `async fn` method awaiting a call to its own instance would wait for
+        // itself: calls run one at a time.
+        if crate::daemon::runs_on_this_thread(link.instance) {
+            return Err(Error::Reentrant {
+                name: self.name.clone(),
+            });
+        }
         let (reply_tx, reply_rx) = oneshot::channel();
         {
             let mut waiters = lock(&link.waiters);
@@ -284,10 +294,10 @@ impl Core {
             return Ok(link);
         }
         let core = Arc::clone(self);
-        let stream = tokio::task::spawn_blocking(move || (core.connect)())
+        let (stream, instance) = tokio::task::spawn_blocking(move || (core.connect)())
             .await
             .map_err(|error| Error::io("the connect task", std::io::Error::other(error)))??;
-        let link = Link::start(stream, self.max_frame, &self.name)?;
+        let link = Link::start(stream, instance, self.max_frame, &self.name)?;
         *lock(&self.link) = Some(Arc::clone(&link));
         Ok(link)
     }
@@ -302,7 +312,12 @@ impl Core {
 
 impl Link {
     /// Takes over an authenticated connection: spawns its writer and reader tasks.
-    fn start(stream: std::net::TcpStream, max_frame: u32, name: &str) -> Result<Arc<Link>, Error> {
+    fn start(
+        stream: std::net::TcpStream,
+        instance: u64,
+        max_frame: u32,
+        name: &str,
+    ) -> Result<Arc<Link>, Error> {
         let register = |error| Error::io("registering the connection with tokio", error);
         stream.set_read_timeout(None).map_err(register)?;
         stream.set_nonblocking(true).map_err(register)?;
@@ -325,7 +340,11 @@ impl Link {
             max_frame,
             name.to_string(),
         ));
-        Ok(Arc::new(Link { requests, waiters }))
+        Ok(Arc::new(Link {
+            instance,
+            requests,
+            waiters,
+        }))
     }
 
     fn fail(&self, error: impl Fn() -> Error) {

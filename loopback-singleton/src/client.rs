@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::daemon::{Launch, ServeOptions};
 use crate::error::{Error, ProtocolError, RemoteError};
-use crate::runtime_dir::{self, RuntimeDir, StartLock};
+use crate::runtime_dir::{self, HeldLock, RuntimeDir};
 use crate::service::{Fingerprint, Service};
 use crate::spawn::{self, SpawnError};
 use crate::wire::{self, DaemonInfo, FrameError, Role, Secret};
@@ -229,6 +229,9 @@ struct Endpoint {
     secret: Secret,
     pid: u32,
     instance: u64,
+    /// The protocol version the daemon published in its metadata (a private file of
+    /// ours, so trustworthy, unlike what a process on the port may claim).
+    protocol: u16,
 }
 
 /// One authenticated connection with its reusable buffer.
@@ -245,6 +248,8 @@ struct Connection {
 
 struct Inner {
     name: String,
+    /// The runtime directory as checked when the client was made. Looking for a daemon
+    /// it does not know yet opens and checks the directory afresh.
     dir: RuntimeDir,
     service_id: &'static str,
     schema: Fingerprint,
@@ -365,7 +370,8 @@ impl<S: Service> Client<S> {
         start: impl FnOnce(&RuntimeDir, &Launch) -> Result<T, Error>,
     ) -> Result<FoundOrStarted<S, T>, Error> {
         let inner = Self::prepare(builder, &init)?;
-        match inner.find_or_start(false, |_, _| start(&inner.dir, &inner.launch))? {
+        let dir = inner.dir.clone();
+        match inner.find_or_start(&dir, false, |_, _| start(&dir, &inner.launch))? {
             Established::Found(connection, endpoint) => {
                 *inner.endpoint() = Some(endpoint);
                 inner.checkin(connection);
@@ -608,11 +614,12 @@ impl<S> Client<S> {
 
     /// Takes one authenticated connection out of this client (finding or starting the
     /// daemon if needed), for the async client to own. Blocking.
-    pub(crate) fn detach_connection(&self) -> Result<TcpStream, Error> {
+    /// Also returns the id of the daemon instance it leads to.
+    pub(crate) fn detach_connection(&self) -> Result<(TcpStream, u64), Error> {
         let connection = self.inner.checkout()?;
         // The daemon speaks only when asked: nothing is buffered between calls.
         debug_assert!(connection.reader.buffer().is_empty());
-        Ok(connection.reader.into_inner())
+        Ok((connection.reader.into_inner(), connection.instance))
     }
 
     /// The configured call timeout and frame limit.
@@ -715,10 +722,10 @@ impl Inner {
     /// A connection to the daemon that runs now, if any: pooled, or found by probing
     /// the runtime directory. Never starts one.
     fn checkout_running(&self) -> Result<Option<Connection>, Error> {
-        if let Some(connection) = lock(&self.idle).pop() {
+        if let Some(connection) = self.pooled()? {
             return Ok(Some(connection));
         }
-        match self.probe() {
+        match self.probe(&self.recheck_dir()?) {
             Probe::Found(connection, endpoint) => {
                 *self.endpoint() = Some(endpoint);
                 Ok(Some(connection))
@@ -750,10 +757,33 @@ impl Inner {
     }
 
     fn checkout(&self) -> Result<Connection, Error> {
-        if let Some(connection) = lock(&self.idle).pop() {
-            return Ok(connection);
+        match self.pooled()? {
+            Some(connection) => Ok(connection),
+            None => {
+                let connection = self.open()?;
+                self.refuse_reentry(connection)
+            }
         }
-        self.open()
+    }
+
+    /// An idle pooled connection, if any.
+    fn pooled(&self) -> Result<Option<Connection>, Error> {
+        let pooled = lock(&self.idle).pop();
+        pooled
+            .map(|connection| self.refuse_reentry(connection))
+            .transpose()
+    }
+
+    /// Refuses a call from a method of the very instance it would call: calls run one
+    /// at a time, so it would wait for itself forever.
+    fn refuse_reentry(&self, connection: Connection) -> Result<Connection, Error> {
+        if crate::daemon::runs_on_this_thread(connection.instance) {
+            self.checkin(connection);
+            return Err(Error::Reentrant {
+                name: self.name.clone(),
+            });
+        }
+        Ok(connection)
     }
 
     fn checkin(&self, mut connection: Connection) {
@@ -799,23 +829,34 @@ impl Inner {
     /// Finds the running daemon or starts one: try first; on failure take the start
     /// lock, try again under it, clean stale files, spawn, wait for readiness.
     fn establish(&self) -> Result<(Connection, Endpoint), Error> {
-        match self.find_or_start(true, |deadline, lock| self.spawn(deadline, lock))? {
+        let dir = self.recheck_dir()?;
+        match self.find_or_start(&dir, true, |deadline, lock| {
+            self.spawn(&dir, deadline, lock)
+        })? {
             Established::Found(connection, endpoint)
             | Established::Started((connection, endpoint)) => Ok((connection, endpoint)),
         }
+    }
+
+    /// The runtime directory, opened and checked again: what a client trusts before it
+    /// believes a daemon it does not know yet (the directory may have been replaced
+    /// since the client was made).
+    fn recheck_dir(&self) -> Result<RuntimeDir, Error> {
+        RuntimeDir::open(&self.launch.base, &self.name)
     }
 
     /// [`establish`](Self::establish) with `start` in place of spawning (`spawning`
     /// applies the spawn-only checks: `LOOPBACK_SINGLETON_NO_SPAWN`, daemon mode).
     fn find_or_start<T>(
         &self,
+        dir: &RuntimeDir,
         spawning: bool,
-        start: impl FnOnce(Instant, &StartLock) -> Result<T, Error>,
+        start: impl FnOnce(Instant, &HeldLock) -> Result<T, Error>,
     ) -> Result<Established<T>, Error> {
         let deadline = Instant::now() + self.start_timeout;
         let mut start_lock = None;
         loop {
-            match self.probe() {
+            match self.probe(dir) {
                 Probe::Found(connection, endpoint) => {
                     return Ok(Established::Found(connection, endpoint));
                 }
@@ -841,19 +882,30 @@ impl Inner {
                         });
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    start_lock = Some(self.dir.lock(remaining)?);
+                    start_lock = Some(dir.lock(remaining)?);
                 }
             }
         }
         let start_lock = start_lock.expect("the loop leaves with the lock held");
-        self.dir.remove_stale()?;
+        dir.remove_stale()?;
+        // A predecessor that unpublished itself may still be finishing its last call or
+        // dropping its instance: its successor starts only once it is gone. (Free now,
+        // the instance lock stays free while we hold the start lock: only a host holding
+        // the start lock takes it.)
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        drop(dir.lock_instance(remaining)?);
         let started = start(deadline, &start_lock)?;
         drop(start_lock);
         Ok(Established::Started(started))
     }
 
     /// Spawns a daemon (the start lock is held, and shared with it) and connects to it.
-    fn spawn(&self, deadline: Instant, lock: &StartLock) -> Result<(Connection, Endpoint), Error> {
+    fn spawn(
+        &self,
+        dir: &RuntimeDir,
+        deadline: Instant,
+        lock: &HeldLock,
+    ) -> Result<(Connection, Endpoint), Error> {
         let exe = match &self.daemon_command {
             Some(path) => path.clone(),
             None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/exe"),
@@ -861,39 +913,32 @@ impl Inner {
                 .map_err(|error| Error::io("locating the current executable", error))?,
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let (port, pid, instance) = spawn::spawn_daemon(
-            &exe,
-            self.service_id,
-            &self.launch,
-            &self.dir,
-            lock,
-            remaining,
-        )
-        .map_err(|error| match error {
-            SpawnError::Failed(reason) => Error::StartFailed {
-                name: self.name.clone(),
-                reason,
-            },
-            SpawnError::TimedOut => Error::StartTimeout {
-                name: self.name.clone(),
-                waited: self.start_timeout,
-                what: format!(
-                    "the daemon's readiness report (see {})",
-                    self.dir.log_path().display()
-                ),
-            },
-        })?;
-        let secret = self.dir.read_secret().map_err(|error| {
-            Error::io(
-                format!("reading {}", self.dir.secret_path().display()),
-                error,
-            )
+        let (port, pid, instance) =
+            spawn::spawn_daemon(&exe, self.service_id, &self.launch, dir, lock, remaining)
+                .map_err(|error| match error {
+                    SpawnError::Failed(reason) => Error::StartFailed {
+                        name: self.name.clone(),
+                        reason,
+                    },
+                    SpawnError::TimedOut => Error::StartTimeout {
+                        name: self.name.clone(),
+                        waited: self.start_timeout,
+                        what: format!(
+                            "the daemon's readiness report (see {})",
+                            dir.log_path().display()
+                        ),
+                    },
+                })?;
+        let secret = dir.read_secret()?.ok_or_else(|| Error::StartFailed {
+            name: self.name.clone(),
+            reason: "the daemon reported ready but its secret file is missing".into(),
         })?;
         let endpoint = Endpoint {
             port,
             secret,
             pid,
             instance,
+            protocol: wire::PROTOCOL_VERSION,
         };
         match self.dial(&endpoint) {
             Ok(connection) => Ok((connection, endpoint)),
@@ -904,21 +949,30 @@ impl Inner {
     }
 
     /// Looks at the runtime directory: is a live daemon there, and does it take us?
-    fn probe(&self) -> Probe {
-        let Ok(Some(metadata)) = self.dir.read_metadata() else {
-            return Probe::Absent;
+    /// Files that cannot be trusted (another owner, open permissions) are an error, not
+    /// stale state: they are not ours to remove.
+    fn probe(&self, dir: &RuntimeDir) -> Probe {
+        let metadata = match dir.read_metadata() {
+            Ok(Some(metadata)) => metadata,
+            Ok(None) => return Probe::Absent,
+            Err(error @ Error::RuntimeDir { .. }) => return Probe::Fatal(error),
+            Err(_) => return Probe::Absent,
         };
         if !runtime_dir::daemon_alive(&metadata) {
             return Probe::Absent;
         }
-        let Ok(secret) = self.dir.read_secret() else {
-            return Probe::Absent;
+        let secret = match dir.read_secret() {
+            Ok(Some(secret)) => secret,
+            Ok(None) => return Probe::Absent,
+            Err(error @ Error::RuntimeDir { .. }) => return Probe::Fatal(error),
+            Err(_) => return Probe::Absent,
         };
         let endpoint = Endpoint {
             port: metadata.port,
             secret,
             pid: metadata.pid,
             instance: metadata.instance,
+            protocol: metadata.protocol,
         };
         match self.dial(&endpoint) {
             Ok(connection) => Probe::Found(connection, endpoint),
@@ -970,12 +1024,23 @@ impl Inner {
         if challenge.magic != wire::MAGIC {
             return Err(DialError::Stale(Error::Protocol(ProtocolError::BadMagic)));
         }
+        // Nothing an unproven peer says is acted on: a program that took over a
+        // recycled port could claim any version. A daemon of another version is one
+        // whose own metadata announced the version it now claims.
         if challenge.version != wire::PROTOCOL_VERSION {
-            return Err(DialError::Fatal(Error::ProtocolVersion {
-                name: self.name.clone(),
-                client: wire::PROTOCOL_VERSION,
-                daemon: challenge.version,
-            }));
+            if challenge.version == endpoint.protocol {
+                return Err(DialError::Fatal(Error::ProtocolVersion {
+                    name: self.name.clone(),
+                    client: wire::PROTOCOL_VERSION,
+                    daemon: challenge.version,
+                }));
+            }
+            return Err(DialError::Stale(Error::Protocol(
+                ProtocolError::Unexpected(format!(
+                    "the process on port {} claims protocol version {} and has proved nothing",
+                    endpoint.port, challenge.version
+                )),
+            )));
         }
         if !wire::verify(
             &endpoint.secret,

@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use crate::error::{Error, RemoteError};
-use crate::runtime_dir::{self, Metadata, RuntimeDir, StartLock};
+use crate::runtime_dir::{self, HeldLock, Metadata, RuntimeDir};
 use crate::service::{Dispatch, Fingerprint, Service};
 use crate::spawn::{self, Readiness, ReadySender};
 use crate::wire::{self, FrameError, Role, Secret};
@@ -84,8 +84,12 @@ impl ServeOptions {
         self
     }
 
-    /// How long the daemon lives with no client connected (default 2 s); `None` keeps
-    /// it until `shutdown`.
+    /// How long the daemon lives with no client connected (default 2 s), counted from
+    /// the moment the last authenticated client left; `None` keeps it until `shutdown`.
+    ///
+    /// Before its first client, a daemon also waits out the handshake timeout on top of
+    /// the TTL: the client that started it is always served, however slow the
+    /// constructor or short the TTL, and a daemon whose starter died still retires.
     pub fn idle_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.idle_ttl = ttl;
         self
@@ -124,10 +128,22 @@ pub(crate) struct Launch {
 /// process was launched as one, else returns and lets the program run.
 #[doc(hidden)]
 pub fn daemon_hook<S: Service>() {
-    let Some((launch, mut ready)) = spawn::take_launch(S::SERVICE_ID) else {
+    let Some((launch, ready)) = spawn::take_launch(S::SERVICE_ID) else {
         return;
     };
-    let code = match launch {
+    // A panic must not unwind out of the pre-main hook, which would abort the process
+    // without a word; the daemon's own failures are reported and logged inside.
+    let code = catch_unwind(AssertUnwindSafe(|| become_daemon::<S>(launch, ready))).unwrap_or_else(
+        |panic| {
+            log(&format!("exiting on a panic: {}", panic_message(&*panic)));
+            101
+        },
+    );
+    std::process::exit(code);
+}
+
+fn become_daemon<S: Service>(launch: Result<Launch, String>, mut ready: ReadySender) -> i32 {
+    match launch {
         Err(reason) => {
             ready.send(&Readiness::Failed { reason });
             1
@@ -141,12 +157,13 @@ pub fn daemon_hook<S: Service>() {
             }
             Ok(()) => run_launched::<S>(launch, ready),
         },
-    };
-    std::process::exit(code);
+    }
 }
 
+#[cfg(unix)]
 fn run_launched<S: Service>(launch: Launch, mut ready: ReadySender) -> i32 {
-    let dir = match RuntimeDir::open(&launch.base, &launch.name) {
+    // The directory the client checked: it made it our working directory.
+    let dir = match RuntimeDir::adopt_current(&launch.base, &launch.name) {
         Ok(dir) => dir,
         Err(error) => {
             ready.send(&Readiness::Failed {
@@ -155,14 +172,24 @@ fn run_launched<S: Service>(launch: Launch, mut ready: ReadySender) -> i32 {
             return 1;
         }
     };
-    spawn::daemon_stdio(&dir.log_path());
-    match run::<S>(&dir, launch, ready, None) {
+    spawn::daemon_stdio(dir.open_log());
+    // The client waited for the predecessor to be gone before it spawned us, under the
+    // start lock we share: the wait below is a safeguard.
+    match run::<S>(&dir, launch, ready, None, PREDECESSOR_WAIT) {
         Ok(()) => 0,
         Err(error) => {
             log(&format!("exiting on error: {error}"));
             1
         }
     }
+}
+
+#[cfg(not(unix))]
+fn run_launched<S: Service>(_launch: Launch, mut ready: ReadySender) -> i32 {
+    ready.send(&Readiness::Failed {
+        reason: "auto-start is implemented for Unix only".into(),
+    });
+    1
 }
 
 /// [`Service::serve`]: hosts `S` in this process until it retires.
@@ -179,6 +206,7 @@ pub(crate) fn serve<S: Service>(init: S::Init, options: ServeOptions) -> Result<
             });
         }
     }
+    // A predecessor may still be retiring: `start` waits for its instance lock.
     dir.remove_stale()?;
     let launch = Launch {
         name,
@@ -190,7 +218,13 @@ pub(crate) fn serve<S: Service>(init: S::Init, options: ServeOptions) -> Result<
         })?,
         init_description: wire::describe(&init),
     };
-    run::<S>(&dir, launch, ReadySender::none(), Some(lock))
+    run::<S>(
+        &dir,
+        launch,
+        ReadySender::none(),
+        Some(lock),
+        Duration::from_secs(10),
+    )
 }
 
 /// State shared by the front and instance threads.
@@ -209,9 +243,14 @@ struct Shared {
     connections: AtomicU32,
     /// Connections still in their handshake (capped by `MAX_PENDING_HANDSHAKES`).
     handshaking: AtomicU32,
-    /// When the last authenticated connection closed, in milliseconds since `started`:
-    /// the idle TTL runs from there.
+    /// When the last authenticated connection closed (or, before the first one, when
+    /// the host started serving), in milliseconds since `started`: the idle TTL runs
+    /// from there.
     idle_since_ms: AtomicU64,
+    /// Whether any client has authenticated yet: until one has, the idle TTL is
+    /// extended by the handshake timeout, so that the client that started the daemon is
+    /// served whatever its constructor's duration or the TTL.
+    served_anyone: AtomicBool,
     calls_served: AtomicU64,
     shutting_down: AtomicBool,
     /// Wakes the front thread: a connection closed, or shutdown was asked for.
@@ -224,11 +263,26 @@ struct Shared {
 const MAX_PENDING_HANDSHAKES: u32 = 128;
 
 impl Shared {
-    /// When the daemon became idle (no authenticated connection), if it is.
-    fn idle_since(&self) -> Option<Instant> {
-        (self.connections.load(Ordering::Acquire) == 0).then(|| {
-            self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
-        })
+    /// When the daemon retires for want of clients, if it is idle and has a TTL.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let ttl = self.options.idle_ttl?;
+        if self.connections.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let since =
+            self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        let grace = if self.served_anyone.load(Ordering::Acquire) {
+            Duration::ZERO
+        } else {
+            self.options.handshake_timeout
+        };
+        Some(since + ttl + grace)
+    }
+
+    /// Restarts the idle clock now.
+    fn mark_idle_now(&self) {
+        let since_start = self.started.elapsed().as_millis() as u64;
+        self.idle_since_ms.store(since_start, Ordering::Release);
     }
 }
 
@@ -256,11 +310,12 @@ fn run<S: Service>(
     dir: &RuntimeDir,
     launch: Launch,
     mut ready: ReadySender,
-    lock: Option<StartLock>,
+    lock: Option<HeldLock>,
+    predecessor_wait: Duration,
 ) -> Result<(), Error> {
     raise_fd_limit();
     let construct = construct_from::<S>(launch.init.clone());
-    let started = start::<S>(dir, launch, construct, &mut ready)?;
+    let started = start::<S>(dir, launch, construct, &mut ready, predecessor_wait)?;
     drop(lock);
     started.serve(dir, Signals::Retire)
 }
@@ -272,15 +327,23 @@ struct Started {
     secret: Secret,
     to_instance: mpsc::UnboundedSender<ToInstance>,
     instance_thread: std::thread::JoinHandle<()>,
+    /// Held until the instance is dropped.
+    instance_lock: HeldLock,
 }
 
-/// Binds, builds the instance on its thread, publishes secret and metadata, and reports
+/// How long a spawned daemon or an in-process host waits for its predecessor to finish
+/// retiring (its last call and its `Drop`) before it gives up.
+const PREDECESSOR_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits for the instance lock (a predecessor may still be dropping its instance),
+/// binds, builds the instance on its thread, publishes secret and metadata, and reports
 /// readiness.
 fn start<S: Service>(
     dir: &RuntimeDir,
     launch: Launch,
     construct: Construct<S>,
     ready: &mut ReadySender,
+    predecessor_wait: Duration,
 ) -> Result<Started, Error> {
     let fail = |ready: &mut ReadySender, reason: String| {
         log(&format!("start failed: {reason}"));
@@ -293,6 +356,12 @@ fn start<S: Service>(
         }
     };
 
+    // One instance of a name at a time: no constructor runs before the previous
+    // instance's `Drop` has finished (which is where a service may persist its state).
+    let instance_lock = match dir.lock_instance(predecessor_wait) {
+        Ok(lock) => lock,
+        Err(error) => return Err(fail(ready, error.to_string())),
+    };
     let listener = match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)) {
         Ok(listener) => listener,
         Err(error) => return Err(fail(ready, format!("binding 127.0.0.1: {error}"))),
@@ -311,6 +380,7 @@ fn start<S: Service>(
         connections: AtomicU32::new(0),
         handshaking: AtomicU32::new(0),
         idle_since_ms: AtomicU64::new(0),
+        served_anyone: AtomicBool::new(false),
         calls_served: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         wake_front: Notify::new(),
@@ -321,10 +391,12 @@ fn start<S: Service>(
     let (built_tx, built_rx) = std::sync::mpsc::channel();
     let instance_thread = {
         let quiet = QUIET.get();
+        let instance = shared.instance;
         std::thread::Builder::new()
             .name("loopback-singleton-instance".into())
             .spawn(move || {
                 QUIET.set(quiet);
+                HOSTED_HERE.set(Some(instance));
                 instance_thread::<S>(construct, built_tx, from_front)
             })
             .map_err(|error| fail(ready, format!("spawning the instance thread: {error}")))?
@@ -368,12 +440,16 @@ fn start<S: Service>(
         pid: shared.pid,
         instance: shared.instance,
     });
+    // The idle clock starts now, not before a constructor that may have taken longer
+    // than the TTL.
+    shared.mark_idle_now();
     Ok(Started {
         listener,
         shared,
         secret,
         to_instance,
         instance_thread,
+        instance_lock,
     })
 }
 
@@ -395,6 +471,7 @@ impl Started {
             secret,
             to_instance,
             instance_thread,
+            instance_lock,
         } = self;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -408,11 +485,14 @@ impl Started {
             signals,
         ));
         log(&format!("retiring: {why}"));
-        // Unpublish first, so that newcomers start a successor instead of finding us.
+        // Unpublish first, so that newcomers start a successor instead of finding us;
+        // the successor waits for the instance lock, released only once our instance
+        // is dropped.
         dir.retire(shared.instance);
         drop(runtime);
         let _ = to_instance.send(ToInstance::Retire);
         let _ = instance_thread.join();
+        drop(instance_lock);
         log("instance dropped; exiting");
         Ok(())
     }
@@ -438,11 +518,7 @@ async fn front(
         if shared.shutting_down.load(Ordering::Acquire) {
             return "shutdown requested";
         }
-        let idle_deadline = shared
-            .options
-            .idle_ttl
-            .zip(shared.idle_since())
-            .map(|(ttl, since)| tokio::time::Instant::from_std(since + ttl));
+        let idle_deadline = shared.idle_deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -463,7 +539,7 @@ async fn front(
             },
             () = shared.wake_front.notified() => {}
             () = sleep_until_opt(idle_deadline) => {
-                if shared.idle_since().is_some() {
+                if shared.idle_deadline().is_some_and(|deadline| deadline <= Instant::now()) {
                     return "idle TTL elapsed with no client connected";
                 }
             }
@@ -534,6 +610,7 @@ async fn admit(
     if let Ok(Ok(())) = outcome {
         if let Ok(stream) = stream.into_std() {
             shared.connections.fetch_add(1, Ordering::AcqRel);
+            shared.served_anyone.store(true, Ordering::Release);
             let guard = ConnectionGuard(Arc::clone(&shared));
             // If the instance thread is gone, the guard comes back and is dropped here.
             let _ = to_instance.send(ToInstance::Connection(stream, guard));
@@ -548,8 +625,7 @@ struct ConnectionGuard(Arc<Shared>);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let shared = &self.0;
-        let since_start = shared.started.elapsed().as_millis() as u64;
-        shared.idle_since_ms.store(since_start, Ordering::Release);
+        shared.mark_idle_now();
         shared.connections.fetch_sub(1, Ordering::AcqRel);
         shared.wake_front.notify_one();
     }
@@ -842,7 +918,8 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(message) = panic.downcast_ref::<&str>() {
         (*message).to_string()
     } else if let Some(message) = panic.downcast_ref::<String>() {
@@ -856,6 +933,16 @@ thread_local! {
     /// Set on the threads of an in-process host that was not asked to be verbose: an
     /// application's stderr is not a daemon log.
     static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+
+    /// On an instance thread, the instance it hosts: a call from this thread to that
+    /// instance would wait behind the very call that makes it.
+    static HOSTED_HERE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the calling thread is the one running `instance`'s methods: a call to it
+/// from here can never be answered (calls run one at a time).
+pub(crate) fn runs_on_this_thread(instance: u64) -> bool {
+    HOSTED_HERE.get() == Some(instance)
 }
 
 /// A line about a peer that may not have the secret: at most one a second, so that
@@ -871,15 +958,19 @@ fn log_peer(message: &str) {
     }
 }
 
-/// A line in the daemon's log (its stderr is the log file).
+/// A line in the daemon's log (its stderr is the log file). Never fails: a log that
+/// cannot be written (a full disk) must not stop the daemon from serving, retiring,
+/// dropping its instance or cleaning up.
 fn log(message: &str) {
+    use std::io::Write;
     if QUIET.get() {
         return;
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "[{}.{:03} pid {}] {message}",
         now.as_secs(),
         now.subsec_millis(),
@@ -925,7 +1016,13 @@ pub(crate) fn start_background<S: Service>(
     verbose: bool,
 ) -> Result<Background, Error> {
     let previous = QUIET.replace(!verbose);
-    let started = start::<S>(&dir, launch, construct, &mut ReadySender::none());
+    let started = start::<S>(
+        &dir,
+        launch,
+        construct,
+        &mut ReadySender::none(),
+        PREDECESSOR_WAIT,
+    );
     QUIET.set(previous);
     let started = started?;
     let shared = Arc::clone(&started.shared);
@@ -977,6 +1074,7 @@ pub(crate) mod fuzz {
             connections: AtomicU32::new(1),
             handshaking: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
+            served_anyone: AtomicBool::new(true),
             calls_served: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             wake_front: Notify::new(),

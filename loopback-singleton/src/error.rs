@@ -161,6 +161,19 @@ pub enum Error {
         after: Duration,
     },
 
+    /// A method of the singleton called the singleton itself, on the thread that runs
+    /// its calls. Calls run one at a time, so the inner call would wait for the outer
+    /// one, which waits for it: instead of deadlocking, the inner call fails at once.
+    /// Call the method on `self` directly, or move the work out of the method.
+    #[error(
+        "a method of `{name}` called `{name}` itself: calls run one at a time, so this call \
+         would wait forever for the one making it; call the method on `self` directly instead"
+    )]
+    Reentrant {
+        /// The singleton name.
+        name: String,
+    },
+
     /// A local I/O error (reading runtime files, spawning).
     #[error("{context}: {source}")]
     Io {

@@ -1,13 +1,28 @@
 //! The per-user, per-name runtime directory: where it is, whether it can be trusted, the
-//! start lock, and the files in it (metadata, secret, log).
+//! locks, and the files in it (metadata, secret, log).
 //!
-//! Layout: `<base>/<name>/{metadata.json, secret, lock, daemon.log}` where `<base>` is
-//! `$LOOPBACK_SINGLETON_DIR`, else `$XDG_RUNTIME_DIR/loopback-singleton`, else
+//! Layout: `<base>/<name>/{metadata.json, secret, lock, instance.lock, daemon.log}` where
+//! `<base>` is `$LOOPBACK_SINGLETON_DIR`, else `$XDG_RUNTIME_DIR/loopback-singleton`, else
 //! `~/.cache/loopback-singleton`.
+//!
+//! Trust, the way `ssh` treats `~/.ssh` and `gpg-agent` its socket directory:
+//! - the base and every directory above it belong to you or to root, and nobody else
+//!   can write to them, unless the sticky bit keeps others from renaming your entries
+//!   (as on `/tmp`);
+//! - `<base>/<name>` is a real directory (not a symbolic link), yours, mode 0700. It is
+//!   opened once and every file in it is reached relative to that handle (`openat`,
+//!   `renameat`, `unlinkat`), so the directory checked is the directory used, whatever
+//!   is renamed in the meantime;
+//! - every file read for trust (secret, metadata) is a regular file, yours, readable by
+//!   you alone; files are created 0600 from their first byte.
+//!
+//! A client opens the directory afresh (and so checks it again) every time it looks
+//! for a daemon it does not know yet.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -22,8 +37,8 @@ pub(crate) const DIR_ENV: &str = "LOOPBACK_SINGLETON_DIR";
 const METADATA: &str = "metadata.json";
 const SECRET: &str = "secret";
 const LOCK: &str = "lock";
+const INSTANCE_LOCK: &str = "instance.lock";
 const LOG: &str = "daemon.log";
-const LAUNCH: &str = "launch";
 
 /// What a running daemon publishes about itself. Written atomically, 0600.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,10 +57,15 @@ pub(crate) struct Metadata {
     pub crate_version: String,
 }
 
-/// A validated runtime directory for one singleton name.
+/// A validated, open runtime directory for one singleton name. Cheap to clone: clones
+/// share the one handle.
 #[derive(Debug, Clone)]
 pub(crate) struct RuntimeDir {
+    /// For messages and for users (`Client::runtime_dir`); never used to reach a file.
     path: PathBuf,
+    name: String,
+    #[cfg(unix)]
+    handle: Arc<std::os::fd::OwnedFd>,
 }
 
 /// The base directory under which each name gets its own directory.
@@ -94,102 +114,233 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// How a file in the runtime directory is opened. Every mode refuses a symbolic link,
+/// and every file it creates is 0600.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    /// Read-write, created if missing (lock files).
+    Lock,
+    /// Append-only, created if missing (the log).
+    Append,
+    /// A new file that must not exist yet.
+    CreateNew,
+}
+
 impl RuntimeDir {
-    /// Creates (0700) or opens `<base>/<name>` and checks that it can be trusted.
+    /// Creates (0700) or opens `<base>/<name>`, checks that it and the directories
+    /// above it can be trusted, and keeps it open.
     pub(crate) fn open(base: &Path, name: &str) -> Result<Self, Error> {
         validate_name(name)?;
         let path = base.join(name);
-        create_private_dir(&path)?;
-        check_private_dir(&path)?;
-        Ok(RuntimeDir { path })
+        create_private_dir(base)?;
+        #[cfg(unix)]
+        {
+            let base_handle = platform::open_base(base)?;
+            let handle = platform::open_private_dir(&base_handle, name, &path)?;
+            Ok(RuntimeDir {
+                path,
+                name: name.to_string(),
+                handle: Arc::new(handle),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            create_private_dir(&path)?;
+            Ok(RuntimeDir {
+                path,
+                name: name.to_string(),
+            })
+        }
+    }
+
+    /// The runtime directory a spawned daemon was started in: its working directory,
+    /// which the client that validated it set (so no path is resolved again). Checked
+    /// once more all the same.
+    #[cfg(unix)]
+    pub(crate) fn adopt_current(base: &Path, name: &str) -> Result<Self, Error> {
+        validate_name(name)?;
+        let path = base.join(name);
+        let handle = platform::open_current_dir(&path)?;
+        Ok(RuntimeDir {
+            path,
+            name: name.to_string(),
+            handle: Arc::new(handle),
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub(crate) fn metadata_path(&self) -> PathBuf {
-        self.path.join(METADATA)
+    /// Another descriptor of the directory (to become a spawned daemon's working
+    /// directory).
+    #[cfg(unix)]
+    pub(crate) fn handle(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.handle.try_clone()
     }
 
-    pub(crate) fn secret_path(&self) -> PathBuf {
-        self.path.join(SECRET)
+    /// The path of a file in the directory, for messages.
+    fn display(&self, file: &str) -> PathBuf {
+        self.path.join(file)
     }
 
     pub(crate) fn log_path(&self) -> PathBuf {
-        self.path.join(LOG)
+        self.display(LOG)
     }
 
-    /// The published metadata: `Ok(None)` when there is none, `Err` with a reason when
-    /// it cannot be parsed (a stale or corrupt file).
-    pub(crate) fn read_metadata(&self) -> Result<Option<Metadata>, String> {
-        match fs::read(self.metadata_path()) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|error| format!("unparsable metadata: {error}")),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(format!("unreadable metadata: {error}")),
+    /// Opens `file` inside the directory, never following a symbolic link.
+    fn open_file(&self, file: &str, access: Access) -> io::Result<File> {
+        #[cfg(unix)]
+        {
+            platform::open_at(&self.handle, file, access)
+        }
+        #[cfg(not(unix))]
+        {
+            let mut options = fs::OpenOptions::new();
+            match access {
+                Access::Read => options.read(true),
+                Access::Lock => options.read(true).write(true).create(true).truncate(false),
+                Access::Append => options.append(true).create(true),
+                Access::CreateNew => options.read(true).write(true).create_new(true),
+            };
+            options.open(self.path.join(file))
         }
     }
 
-    pub(crate) fn write_metadata(&self, metadata: &Metadata) -> Result<(), Error> {
-        let json = serde_json::to_vec_pretty(metadata).expect("metadata serializes");
-        write_private_atomically(&self.metadata_path(), &json)
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            rustix::fs::renameat(&*self.handle, from, &*self.handle, to).map_err(io::Error::from)
+        }
+        #[cfg(not(unix))]
+        {
+            fs::rename(self.path.join(from), self.path.join(to))
+        }
     }
 
-    pub(crate) fn read_secret(&self) -> io::Result<Secret> {
-        let bytes = fs::read(self.secret_path())?;
-        bytes.try_into().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the secret file is not 32 bytes",
+    /// Removes `file`; a missing file is not an error.
+    fn remove(&self, file: &str) -> io::Result<()> {
+        #[cfg(unix)]
+        let removed = rustix::fs::unlinkat(&*self.handle, file, rustix::fs::AtFlags::empty())
+            .map_err(io::Error::from);
+        #[cfg(not(unix))]
+        let removed = fs::remove_file(self.path.join(file));
+        match removed {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Reads a file that decides whom to trust: `Ok(None)` if it does not exist, an
+    /// [`Error::RuntimeDir`] if it is not a regular file of yours that only you can
+    /// read and write.
+    fn read_private(&self, file: &str) -> Result<Option<Vec<u8>>, Error> {
+        let mut opened = match self.open_file(file, Access::Read) {
+            Ok(opened) => opened,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => {
+                return Err(Error::io(
+                    format!("opening {}", self.display(file).display()),
+                    error,
+                ));
+            }
+        };
+        #[cfg(unix)]
+        platform::check_private_file(&opened, &self.display(file))?;
+        let mut bytes = Vec::new();
+        opened.read_to_end(&mut bytes).map_err(|error| {
+            Error::io(format!("reading {}", self.display(file).display()), error)
+        })?;
+        Ok(Some(bytes))
+    }
+
+    /// The published metadata: `Ok(None)` when there is none; [`Error::RuntimeDir`] when
+    /// the file cannot be trusted; another error when it cannot be read or parsed (a
+    /// stale or corrupt file).
+    pub(crate) fn read_metadata(&self) -> Result<Option<Metadata>, Error> {
+        let Some(bytes) = self.read_private(METADATA)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|error| {
+            Error::io(
+                format!("parsing {}", self.display(METADATA).display()),
+                io::Error::new(io::ErrorKind::InvalidData, error),
             )
         })
     }
 
+    pub(crate) fn write_metadata(&self, metadata: &Metadata) -> Result<(), Error> {
+        let json = serde_json::to_vec_pretty(metadata).expect("metadata serializes");
+        self.write_atomically(METADATA, &json)
+    }
+
+    /// The daemon's secret: `Ok(None)` when there is none; [`Error::RuntimeDir`] when
+    /// the file cannot be trusted; another error when it is not 32 bytes.
+    pub(crate) fn read_secret(&self) -> Result<Option<Secret>, Error> {
+        let Some(bytes) = self.read_private(SECRET)? else {
+            return Ok(None);
+        };
+        let secret = bytes.try_into().map_err(|_| {
+            Error::io(
+                format!("reading {}", self.display(SECRET).display()),
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the secret file is not 32 bytes",
+                ),
+            )
+        })?;
+        Ok(Some(secret))
+    }
+
     pub(crate) fn write_secret(&self, secret: &Secret) -> Result<(), Error> {
-        write_private_atomically(&self.secret_path(), secret)
+        self.write_atomically(SECRET, secret)
     }
 
-    /// Writes what a daemon being spawned needs (0600, atomically); returns its path.
-    /// Only the holder of the start lock spawns, so one name suffices.
-    pub(crate) fn write_launch(&self, bytes: &[u8]) -> Result<PathBuf, Error> {
-        let path = self.path.join(LAUNCH);
-        write_private_atomically(&path, bytes)?;
-        Ok(path)
+    /// A private file holding `bytes` that has no name any more: what a daemon being
+    /// spawned reads its launch description from (init arguments included), so that
+    /// nothing is left behind and nobody else can open it.
+    #[cfg(unix)]
+    pub(crate) fn anonymous_file(&self, bytes: &[u8]) -> Result<File, Error> {
+        let tmp = temporary_name("launch");
+        let result = (|| {
+            let mut file = self.open_file(&tmp, Access::CreateNew)?;
+            self.remove(&tmp)?;
+            file.write_all(bytes)?;
+            Ok(file)
+        })();
+        result.map_err(|error| {
+            let _ = self.remove(&tmp);
+            Error::io(
+                format!("writing a launch file in {}", self.path.display()),
+                error,
+            )
+        })
     }
 
-    /// Removes the launch file (the daemon removes it too, once read).
-    pub(crate) fn remove_launch(&self) {
-        let _ = fs::remove_file(self.path.join(LAUNCH));
+    /// Opens (appending, creating 0600) the daemon's log file.
+    pub(crate) fn open_log(&self) -> io::Result<File> {
+        self.open_file(LOG, Access::Append)
     }
 
-    /// Removes the files of a daemon that is gone. The lock file stays: deleting a lock
+    /// Removes the files of a daemon that is gone. The lock files stay: deleting a lock
     /// file others may hold open would let two processes "hold" it at once.
     pub(crate) fn remove_stale(&self) -> Result<(), Error> {
-        for path in [self.metadata_path(), self.secret_path()] {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    return Err(Error::io(
-                        format!("removing stale {}", path.display()),
-                        error,
-                    ));
-                }
-            }
+        for file in [METADATA, SECRET] {
+            self.remove(file).map_err(|error| {
+                Error::io(
+                    format!("removing stale {}", self.display(file).display()),
+                    error,
+                )
+            })?;
         }
         Ok(())
     }
 
-    /// Removes the metadata only if it still names `instance` (a newer daemon may have
-    /// replaced it). Holds the start lock while checking, when it can get it quickly.
+    /// Unpublishes the daemon `instance`: removes metadata and secret if the metadata
+    /// still names it. The caller holds the instance lock, so no successor can have
+    /// published in the meantime; the check only spares files of an unrelated writer.
     pub(crate) fn retire(&self, instance: u64) {
-        let Ok(_lock) = self.lock(Duration::from_millis(500)) else {
-            // Someone holds the lock: a client starting a successor (which overwrites the
-            // file) or probing; either way a stale file is recognised by its dead pid.
-            return;
-        };
         if let Ok(Some(metadata)) = self.read_metadata() {
             if metadata.instance == instance {
                 let _ = self.remove_stale();
@@ -197,23 +348,45 @@ impl RuntimeDir {
         }
     }
 
-    /// Takes the start lock, retrying until `timeout`.
-    pub(crate) fn lock(&self, timeout: Duration) -> Result<StartLock, Error> {
-        let path = self.path.join(LOCK);
-        let file = private_options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|error| {
-                Error::io(format!("opening the lock file {}", path.display()), error)
-            })?;
+    /// Takes the start lock, retrying until `timeout`: held while deciding whether to
+    /// start a daemon and until the one started has published itself.
+    pub(crate) fn lock(&self, timeout: Duration) -> Result<HeldLock, Error> {
+        self.acquire(
+            LOCK,
+            timeout,
+            "the start lock",
+            "another process is starting the daemon",
+        )
+    }
+
+    /// Takes the instance lock, retrying until `timeout`: held by the process hosting
+    /// the instance, from before it is built until after it is dropped, so that a
+    /// successor's constructor never runs beside a predecessor's `Drop`.
+    pub(crate) fn lock_instance(&self, timeout: Duration) -> Result<HeldLock, Error> {
+        self.acquire(
+            INSTANCE_LOCK,
+            timeout,
+            "the instance lock",
+            "the previous daemon is still retiring: finishing a call or dropping its instance",
+        )
+    }
+
+    fn acquire(
+        &self,
+        file: &str,
+        timeout: Duration,
+        what: &str,
+        holder: &str,
+    ) -> Result<HeldLock, Error> {
+        let path = self.display(file);
+        let opened = self
+            .open_file(file, Access::Lock)
+            .map_err(|error| Error::io(format!("opening {what} {}", path.display()), error))?;
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(1);
         loop {
-            match fs4::FileExt::try_lock(&file) {
-                Ok(()) => return Ok(StartLock { file }),
+            match fs4::FileExt::try_lock(&opened) {
+                Ok(()) => return Ok(HeldLock { file: opened }),
                 Err(fs4::TryLockError::WouldBlock) => {}
                 Err(fs4::TryLockError::Error(error)) => {
                     return Err(Error::io(format!("locking {}", path.display()), error));
@@ -222,12 +395,9 @@ impl RuntimeDir {
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::StartTimeout {
-                    name: self.name(),
+                    name: self.name.clone(),
                     waited: timeout,
-                    what: format!(
-                        "the start lock {} (another process is starting the daemon)",
-                        path.display()
-                    ),
+                    what: format!("{what} {} ({holder})", path.display()),
                 });
             }
             std::thread::sleep(pause.min(deadline - now));
@@ -235,25 +405,40 @@ impl RuntimeDir {
         }
     }
 
-    pub(crate) fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default()
+    /// Writes `file` through a 0600 temporary file, fsynced, then renamed, so a reader
+    /// sees the old content or the new, never a torn file.
+    fn write_atomically(&self, file: &str, bytes: &[u8]) -> Result<(), Error> {
+        let tmp = temporary_name(file);
+        let result = (|| {
+            let mut opened = self.open_file(&tmp, Access::CreateNew)?;
+            opened.write_all(bytes)?;
+            opened.sync_all()?;
+            self.rename(&tmp, file)
+        })();
+        result.map_err(|error| {
+            let _ = self.remove(&tmp);
+            Error::io(format!("writing {}", self.display(file).display()), error)
+        })
     }
 }
 
-/// The held start lock: an `flock` on the lock file, which belongs to the open file,
-/// not to a descriptor. Dropping this closes our descriptor, which releases the lock
-/// unless a daemon being spawned shares the file ([`share`](Self::share)): then the
-/// lock lasts until that daemon has published itself. Never `unlock` explicitly, which
-/// would release it for the daemon too. A crashed holder's lock dies with it.
+/// A unique name for a temporary file beside `file`.
+fn temporary_name(file: &str) -> String {
+    let suffix = u64::from_le_bytes(crate::wire::random_bytes());
+    format!("{file}.tmp.{}.{suffix:016x}", std::process::id())
+}
+
+/// A held lock: an `flock` on a lock file, which belongs to the open file, not to a
+/// descriptor. Dropping this closes our descriptor, which releases the lock unless a
+/// daemon being spawned shares the file ([`share`](Self::share)): then the lock lasts
+/// until that daemon lets it go. Never `unlock` explicitly, which would release it for
+/// the daemon too. A crashed holder's lock dies with it.
 #[derive(Debug)]
-pub(crate) struct StartLock {
+pub(crate) struct HeldLock {
     file: File,
 }
 
-impl StartLock {
+impl HeldLock {
     /// Another descriptor of the locked file, to hand to a daemon being spawned.
     #[cfg(unix)]
     pub(crate) fn share(&self) -> io::Result<std::os::fd::OwnedFd> {
@@ -261,39 +446,7 @@ impl StartLock {
     }
 }
 
-/// Open options that create files readable by the owner only, from the first byte.
-fn private_options() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options
-}
-
-/// Opens (appending, creating 0600) the daemon's log file.
-pub(crate) fn open_log(path: &Path) -> io::Result<File> {
-    private_options().append(true).create(true).open(path)
-}
-
-/// Writes `bytes` to `path` through a 0600 temporary file, fsynced, then renamed, so a
-/// reader sees the old content or the new, never a torn file.
-fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let suffix = u64::from_le_bytes(crate::wire::random_bytes());
-    let tmp = path.with_extension(format!("tmp.{}.{suffix:016x}", std::process::id()));
-    let result = (|| {
-        let mut file = private_options().write(true).create_new(true).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|error| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(format!("writing {}", path.display()), error)
-    })
-}
-
+/// Creates `path` and any missing parents, 0700 for those it creates.
 fn create_private_dir(path: &Path) -> Result<(), Error> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
@@ -308,47 +461,212 @@ fn create_private_dir(path: &Path) -> Result<(), Error> {
     })
 }
 
-/// Refuses a directory another user could read or plant files in.
+/// The Unix checks and directory-relative calls.
 #[cfg(unix)]
-fn check_private_dir(path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::MetadataExt;
-    let refuse = |reason: String| Error::RuntimeDir {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let metadata = fs::symlink_metadata(path)
-        .map_err(|error| refuse(format!("cannot inspect it: {error}")))?;
-    if metadata.file_type().is_symlink() {
-        return Err(refuse(format!(
-            "it is a symbolic link; remove it (`rm {}`) and let loopback-singleton create a real directory",
-            path.display()
-        )));
-    }
-    if !metadata.is_dir() {
-        return Err(refuse("it is not a directory; remove it".into()));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    if metadata.uid() != uid {
-        return Err(refuse(format!(
-            "it is owned by uid {}, not by you (uid {uid}); remove it or choose another {DIR_ENV}",
-            metadata.uid()
-        )));
-    }
-    if metadata.mode() & 0o077 != 0 {
-        return Err(refuse(format!(
-            "its permissions {:o} let other users in; run `chmod 700 {}`",
-            metadata.mode() & 0o777,
-            path.display()
-        )));
-    }
-    Ok(())
-}
+mod platform {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::path::Path;
 
-#[cfg(not(unix))]
-fn check_private_dir(_path: &Path) -> Result<(), Error> {
-    // The per-user %LOCALAPPDATA% is private to its user by default ACLs.
-    Ok(())
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+
+    use super::{Access, DIR_ENV};
+    use crate::error::Error;
+
+    fn refuse(path: &Path, reason: String) -> Error {
+        Error::RuntimeDir {
+            path: path.to_path_buf(),
+            reason,
+        }
+    }
+
+    fn file_type(stat: &Stat) -> FileType {
+        FileType::from_raw_mode(stat.st_mode as _)
+    }
+
+    fn mode(stat: &Stat) -> u32 {
+        // `st_mode` is a u16 on some systems.
+        #[allow(clippy::useless_conversion)]
+        let mode = u32::from(stat.st_mode);
+        mode & 0o7777
+    }
+
+    /// Whether someone other than us (and root) can replace what is inside a directory:
+    /// its owner is another user, or others may write to it and no sticky bit stops
+    /// them from renaming our entries.
+    fn check_guarding_dir(stat: &Stat, path: &Path) -> Result<(), Error> {
+        let me = rustix::process::geteuid().as_raw();
+        if stat.st_uid != me && stat.st_uid != 0 {
+            return Err(refuse(
+                path,
+                format!(
+                    "it is owned by uid {}, not by you (uid {me}) or root, so that user could \
+                     replace the runtime directory and impersonate your daemon; choose a base \
+                     directory of your own with {DIR_ENV}",
+                    stat.st_uid
+                ),
+            ));
+        }
+        let mode = mode(stat);
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(refuse(
+                path,
+                format!(
+                    "its permissions {mode:o} let other users write to it without the sticky bit, \
+                     so they could replace the runtime directory and impersonate your daemon; run \
+                     `chmod go-w {}` (or `chmod +t` for a shared directory like /tmp), or choose \
+                     another {DIR_ENV}",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens the base directory after checking it and every directory above it.
+    pub(super) fn open_base(base: &Path) -> Result<OwnedFd, Error> {
+        let canonical = std::fs::canonicalize(base)
+            .map_err(|error| refuse(base, format!("cannot resolve it: {error}")))?;
+        let handle = rustix::fs::open(
+            &canonical,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|error| refuse(base, format!("cannot open it: {error}")))?;
+        let stat = rustix::fs::fstat(&handle)
+            .map_err(|error| refuse(base, format!("cannot inspect it: {error}")))?;
+        check_guarding_dir(&stat, base)?;
+        // The directories above: each could rename the one below it.
+        for ancestor in canonical.ancestors().skip(1) {
+            let stat = rustix::fs::stat(ancestor)
+                .map_err(|error| refuse(ancestor, format!("cannot inspect it: {error}")))?;
+            check_guarding_dir(&stat, ancestor)?;
+        }
+        Ok(handle)
+    }
+
+    /// Creates (0700) and opens `name` inside the base, refusing a symbolic link, and
+    /// checks that it is a private directory of ours.
+    pub(super) fn open_private_dir(
+        base: &OwnedFd,
+        name: &str,
+        path: &Path,
+    ) -> Result<OwnedFd, Error> {
+        match rustix::fs::mkdirat(base, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(error) => {
+                return Err(refuse(
+                    path,
+                    format!("cannot create it ({error}); set {DIR_ENV} to a directory you own"),
+                ));
+            }
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let handle = rustix::fs::openat(base, name, flags, Mode::empty()).map_err(|error| {
+            let symlink = rustix::fs::statat(base, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|stat| file_type(&stat) == FileType::Symlink);
+            if symlink {
+                refuse(
+                    path,
+                    format!(
+                        "it is a symbolic link; remove it (`rm {}`) and let loopback-singleton \
+                         create a real directory",
+                        path.display()
+                    ),
+                )
+            } else {
+                refuse(path, format!("cannot open it as a directory: {error}"))
+            }
+        })?;
+        check_private_dir(&handle, path)?;
+        Ok(handle)
+    }
+
+    /// Opens the working directory (a spawned daemon's runtime directory) and checks it.
+    pub(super) fn open_current_dir(path: &Path) -> Result<OwnedFd, Error> {
+        let handle = rustix::fs::open(
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|error| refuse(path, format!("cannot open the working directory: {error}")))?;
+        check_private_dir(&handle, path)?;
+        Ok(handle)
+    }
+
+    /// Refuses a directory another user could read or plant files in.
+    fn check_private_dir(handle: &OwnedFd, path: &Path) -> Result<(), Error> {
+        let stat = rustix::fs::fstat(handle)
+            .map_err(|error| refuse(path, format!("cannot inspect it: {error}")))?;
+        let me = rustix::process::geteuid().as_raw();
+        if stat.st_uid != me {
+            return Err(refuse(
+                path,
+                format!(
+                    "it is owned by uid {}, not by you (uid {me}); remove it or choose another {DIR_ENV}",
+                    stat.st_uid
+                ),
+            ));
+        }
+        if mode(&stat) & 0o077 != 0 {
+            return Err(refuse(
+                path,
+                format!(
+                    "its permissions {:o} let other users in; run `chmod 700 {}`",
+                    mode(&stat) & 0o777,
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a file that is not a regular file of ours, readable and writable by us
+    /// alone.
+    pub(super) fn check_private_file(file: &File, path: &Path) -> Result<(), Error> {
+        let stat = rustix::fs::fstat(file.as_fd())
+            .map_err(|error| refuse(path, format!("cannot inspect it: {error}")))?;
+        let me = rustix::process::geteuid().as_raw();
+        if file_type(&stat) != FileType::RegularFile {
+            return Err(refuse(path, "it is not a regular file; remove it".into()));
+        }
+        if stat.st_uid != me {
+            return Err(refuse(
+                path,
+                format!(
+                    "it is owned by uid {}, not by you (uid {me}), so it cannot be trusted; remove it",
+                    stat.st_uid
+                ),
+            ));
+        }
+        if mode(&stat) & 0o077 != 0 {
+            return Err(refuse(
+                path,
+                format!(
+                    "its permissions {:o} let other users read or change it, so it cannot be \
+                     trusted; remove it (`rm {}`) and let the daemon restart, or run `chmod 600 {}`",
+                    mode(&stat) & 0o777,
+                    path.display(),
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn open_at(dir: &OwnedFd, file: &str, access: Access) -> io::Result<File> {
+        let flags = OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | match access {
+                Access::Read => OFlags::RDONLY,
+                Access::Lock => OFlags::RDWR | OFlags::CREATE,
+                Access::Append => OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+                Access::CreateNew => OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
+            };
+        let fd = rustix::fs::openat(dir, file, flags, Mode::from_raw_mode(0o600))?;
+        Ok(File::from(fd))
+    }
 }
 
 /// The state letter (field 3: `R`, `S`, `Z`...) and start time (field 22, clock ticks
@@ -423,24 +741,82 @@ mod tests {
     }
 
     #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[cfg(unix)]
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[cfg(unix)]
+    fn reason(result: Result<impl std::fmt::Debug, Error>) -> String {
+        match result.unwrap_err() {
+            Error::RuntimeDir { reason, .. } => reason,
+            other => panic!("expected a runtime-dir error, got {other:?}"),
+        }
+    }
+
+    #[cfg(unix)]
     #[test]
     fn directory_and_files_are_private() {
-        use std::os::unix::fs::PermissionsExt;
         let base = scratch();
         let dir = RuntimeDir::open(&base, "svc").unwrap();
-        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(dir.path()), 0o700);
         dir.write_secret(&[7; 32]).unwrap();
-        assert_eq!(mode(&dir.secret_path()), 0o600);
-        assert_eq!(dir.read_secret().unwrap(), [7; 32]);
+        assert_eq!(mode(&dir.path().join(SECRET)), 0o600);
+        assert_eq!(dir.read_secret().unwrap(), Some([7; 32]));
 
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let error = RuntimeDir::open(&base, "svc").unwrap_err().to_string();
-        assert!(error.contains("chmod 700"), "{error}");
+        chmod(dir.path(), 0o755);
+        assert!(reason(RuntimeDir::open(&base, "svc")).contains("chmod 700"));
 
         std::os::unix::fs::symlink(dir.path(), base.join("link")).unwrap();
-        let error = RuntimeDir::open(&base, "link").unwrap_err().to_string();
-        assert!(error.contains("symbolic link"), "{error}");
+        assert!(reason(RuntimeDir::open(&base, "link")).contains("symbolic link"));
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_base_others_can_write_needs_the_sticky_bit() {
+        let base = scratch();
+        chmod(&base, 0o777);
+        let refused = reason(RuntimeDir::open(&base, "svc"));
+        assert!(
+            refused.contains("sticky") && refused.contains("chmod go-w"),
+            "{refused}"
+        );
+        chmod(&base, 0o1777);
+        RuntimeDir::open(&base, "svc").unwrap();
+        // An ancestor open to others is as bad as the base itself.
+        let inner = base.join("inner");
+        fs::create_dir(&inner).unwrap();
+        chmod(&base, 0o770);
+        let refused = reason(RuntimeDir::open(&inner, "svc"));
+        assert!(refused.contains("770"), "{refused}");
+        chmod(&base, 0o700);
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secret_and_metadata_others_can_read_are_not_trusted() {
+        let base = scratch();
+        let dir = RuntimeDir::open(&base, "svc").unwrap();
+        dir.write_secret(&[7; 32]).unwrap();
+        chmod(&dir.path().join(SECRET), 0o644);
+        assert!(reason(dir.read_secret()).contains("chmod 600"));
+        fs::write(dir.path().join(METADATA), b"{}").unwrap();
+        chmod(&dir.path().join(METADATA), 0o640);
+        assert!(reason(dir.read_metadata()).contains("cannot be trusted"));
+        fs::remove_file(dir.path().join(SECRET)).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join(SECRET)).unwrap();
+        assert!(
+            dir.read_secret().is_err(),
+            "a symbolic link is never followed"
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 
@@ -448,9 +824,37 @@ mod tests {
     fn corrupt_metadata_is_reported_not_trusted() {
         let base = scratch();
         let dir = RuntimeDir::open(&base, "svc").unwrap();
-        assert_eq!(dir.read_metadata(), Ok(None));
-        fs::write(dir.metadata_path(), b"{ not json").unwrap();
-        assert!(dir.read_metadata().is_err());
+        assert!(matches!(dir.read_metadata(), Ok(None)));
+        dir.write_atomically(METADATA, b"{ not json").unwrap();
+        assert!(matches!(dir.read_metadata(), Err(Error::Io { .. })));
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_open_handle_keeps_pointing_at_the_checked_directory() {
+        let base = scratch();
+        let dir = RuntimeDir::open(&base, "svc").unwrap();
+        dir.write_secret(&[1; 32]).unwrap();
+        // Swapped for another directory after the check: the handle still reads ours.
+        fs::rename(dir.path(), base.join("moved")).unwrap();
+        fs::create_dir(base.join("svc")).unwrap();
+        fs::write(base.join("svc").join(SECRET), [2; 32]).unwrap();
+        assert_eq!(dir.read_secret().unwrap(), Some([1; 32]));
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn the_instance_lock_is_exclusive_until_dropped() {
+        let base = scratch();
+        let dir = RuntimeDir::open(&base, "svc").unwrap();
+        let held = dir.lock_instance(Duration::ZERO).unwrap();
+        assert!(matches!(
+            dir.lock_instance(Duration::from_millis(20)),
+            Err(Error::StartTimeout { .. })
+        ));
+        drop(held);
+        dir.lock_instance(Duration::ZERO).unwrap();
         fs::remove_dir_all(&base).unwrap();
     }
 

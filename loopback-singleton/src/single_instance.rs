@@ -943,8 +943,15 @@ impl<P: Payload> State<P> {
                 continue;
             }
             let mut call = lock(&callback.call);
-            if catch_unwind(AssertUnwindSafe(|| (*call)(message))).is_err() && self.verbose {
-                eprintln!("loopback-singleton: a single-instance callback panicked");
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (*call)(message))) {
+                if self.verbose {
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "loopback-singleton: a single-instance callback panicked: {}",
+                        daemon::panic_message(&*panic)
+                    );
+                }
             }
         }
     }

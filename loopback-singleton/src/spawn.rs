@@ -6,6 +6,11 @@
 //! by `#[local_singleton]`, forks (the client reaps the short-lived parent, so no zombie
 //! is left behind), and the child becomes the daemon in a new session with its stdio
 //! on `/dev/null` and the log file. It never returns to the program's `main`.
+//!
+//! Everything else travels as inherited descriptors, never as paths that could be
+//! swapped in between: the readiness pipe, the start lock, the launch description (a
+//! private file without a name), and the runtime directory the client checked, which
+//! becomes the daemon's working directory.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -17,12 +22,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::Launch;
-use crate::runtime_dir::{RuntimeDir, StartLock};
+use crate::runtime_dir::{HeldLock, RuntimeDir};
 
 /// Names the service a re-executed process must become the daemon of.
 pub(crate) const MARKER_ENV: &str = "LOOPBACK_SINGLETON_DAEMON";
-/// Names the private file holding the [`Launch`] (name, options, init arguments).
-pub(crate) const LAUNCH_ENV: &str = "LOOPBACK_SINGLETON_LAUNCH";
 /// Makes `connect` fail with `Error::NotRunning` instead of spawning a daemon.
 pub(crate) const NO_SPAWN_ENV: &str = "LOOPBACK_SINGLETON_NO_SPAWN";
 /// Jobserver variables: a daemon that keeps a `make`/`cargo` jobserver's fds or
@@ -34,6 +37,13 @@ const READY_FD: i32 = 3;
 /// The file descriptor of the start lock the daemon holds until it has published itself.
 #[cfg(unix)]
 const LOCK_FD: i32 = 4;
+/// The file descriptor of the (nameless) file holding the [`Launch`]: name, options,
+/// init arguments.
+#[cfg(unix)]
+const LAUNCH_FD: i32 = 5;
+/// The highest descriptor handed over.
+#[cfg(unix)]
+const HIGHEST_FD: i32 = LAUNCH_FD;
 
 /// Set once this process has become a daemon: a daemon never spawns another.
 static IN_DAEMON: AtomicBool = AtomicBool::new(false);
@@ -73,7 +83,7 @@ pub(crate) fn spawn_daemon(
     service_id: &str,
     launch: &Launch,
     dir: &RuntimeDir,
-    start_lock: &StartLock,
+    start_lock: &HeldLock,
     timeout: Duration,
 ) -> Result<(u16, u32, u64), SpawnError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -102,13 +112,23 @@ pub(crate) fn spawn_daemon(
             .map_err(|error| failed("sharing the lock", error))?,
     )
     .map_err(|error| failed("moving the lock", error))?;
-    let (write_fd, lock_fd) = (write_end.as_raw_fd(), lock.as_raw_fd());
-
     // The launch description (init arguments included) goes through a private file, not
     // the environment, whose strings are limited to 128 KiB.
-    let launch_path = dir
-        .write_launch(&postcard::to_stdvec(launch).expect("launch encodes"))
+    let launch_file = dir
+        .anonymous_file(&postcard::to_stdvec(launch).expect("launch encodes"))
         .map_err(|error| SpawnError::Failed(error.to_string()))?;
+    let launch_file = above_stdio(OwnedFd::from(launch_file))
+        .map_err(|error| failed("moving the launch file", error))?;
+    let workdir = dir
+        .handle()
+        .and_then(above_stdio)
+        .map_err(|error| failed("sharing the runtime directory", error))?;
+    let (write_fd, lock_fd, launch_fd, workdir_fd) = (
+        write_end.as_raw_fd(),
+        lock.as_raw_fd(),
+        launch_file.as_raw_fd(),
+        workdir.as_raw_fd(),
+    );
 
     let mut command = Command::new(exe);
     // What `ps` shows: the program and which singleton it serves.
@@ -124,24 +144,26 @@ pub(crate) fn spawn_daemon(
     ));
     command
         .env(MARKER_ENV, service_id)
-        .env(LAUNCH_ENV, &launch_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir(dir.path());
+        .stderr(Stdio::null());
     for name in JOBSERVER_ENV {
         command.env_remove(name);
     }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (setsid, dup2, fcntl, close_range) on plain integers.
+    // system calls (setsid, fchdir, dup2, fcntl, close_range) on plain integers.
     unsafe {
         command.pre_exec(move || {
-            if libc::setsid() < 0 {
+            if libc::setsid() < 0 || libc::fchdir(workdir_fd) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            // Both sources are above 4 (see `above_stdio`), so neither move clobbers
-            // the other; dup2 clears close-on-exec on the copies.
-            for (from, to) in [(write_fd, READY_FD), (lock_fd, LOCK_FD)] {
+            // Every source is above HIGHEST_FD (see `above_stdio`), so no move clobbers
+            // another; dup2 clears close-on-exec on the copies.
+            for (from, to) in [
+                (write_fd, READY_FD),
+                (lock_fd, LOCK_FD),
+                (launch_fd, LAUNCH_FD),
+            ] {
                 if libc::dup2(from, to) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -151,17 +173,11 @@ pub(crate) fn spawn_daemon(
         });
     }
     let spawned = command.spawn();
-    drop((write_end, lock));
-    let mut launcher = match spawned {
-        Ok(launcher) => launcher,
-        Err(error) => {
-            dir.remove_launch();
-            return Err(failed(&format!("spawning {}", exe.display()), error));
-        }
-    };
+    drop((write_end, lock, launch_file, workdir));
+    let mut launcher =
+        spawned.map_err(|error| failed(&format!("spawning {}", exe.display()), error))?;
 
     let readiness = read_readiness(File::from(read_end), deadline);
-    dir.remove_launch();
     // The launcher forks the daemon and exits at once; one that is still there now
     // (not our program, or hung) is stopped, so that nothing is left behind.
     if !matches!(launcher.try_wait(), Ok(Some(_))) {
@@ -178,16 +194,16 @@ pub(crate) fn spawn_daemon(
     }
 }
 
-/// Moves a descriptor above 4 (keeping it close-on-exec), so that the child's stdio
-/// set-up and the moves to `READY_FD` and `LOCK_FD` cannot overwrite it.
+/// Moves a descriptor above `HIGHEST_FD` (keeping it close-on-exec), so that the
+/// child's stdio set-up and the moves to `READY_FD`..`HIGHEST_FD` cannot overwrite it.
 #[cfg(unix)]
 fn above_stdio(fd: std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd, FromRawFd};
-    if fd.as_raw_fd() > LOCK_FD {
+    if fd.as_raw_fd() > HIGHEST_FD {
         return Ok(fd);
     }
     // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we then own alone.
-    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, LOCK_FD + 1) };
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGHEST_FD + 1) };
     if moved < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -195,7 +211,7 @@ fn above_stdio(fd: std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(moved) })
 }
 
-/// Marks every descriptor above `LOCK_FD` close-on-exec (between fork and exec).
+/// Marks every descriptor above `HIGHEST_FD` close-on-exec (between fork and exec).
 /// `close_range` with `CLOSE_RANGE_CLOEXEC` (Linux 5.11) does it in one call; older
 /// kernels get the loop. Marking rather than closing keeps std's exec-error pipe working.
 #[cfg(unix)]
@@ -205,7 +221,7 @@ unsafe fn close_others_on_exec() {
     if unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            LOCK_FD + 1,
+            HIGHEST_FD + 1,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
@@ -224,7 +240,7 @@ unsafe fn close_others_on_exec() {
         } else {
             1024
         };
-        for fd in LOCK_FD + 1..max {
+        for fd in HIGHEST_FD + 1..max {
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
     }
@@ -236,7 +252,7 @@ pub(crate) fn spawn_daemon(
     _service_id: &str,
     _launch: &Launch,
     _dir: &RuntimeDir,
-    _start_lock: &StartLock,
+    _start_lock: &HeldLock,
     _timeout: Duration,
 ) -> Result<(u16, u32, u64), SpawnError> {
     Err(SpawnError::Failed(
@@ -348,29 +364,20 @@ pub(crate) fn take_launch(service_id: &str) -> Option<(Result<Launch, String>, R
     if std::env::var_os(MARKER_ENV)? != service_id {
         return None;
     }
-    let launch = std::env::var_os(LAUNCH_ENV)
-        .ok_or_else(|| format!("{LAUNCH_ENV} is not set"))
-        .and_then(|path| {
-            let bytes = std::fs::read(&path);
-            let _ = std::fs::remove_file(&path);
-            bytes.map_err(|error| format!("reading the launch file: {error}"))
-        })
-        .and_then(|bytes| {
-            postcard::from_bytes(&bytes).map_err(|error| format!("the launch file: {error}"))
-        });
     // SAFETY: this runs in a pre-main hook, before any other thread exists.
     unsafe {
         std::env::remove_var(MARKER_ENV);
-        std::env::remove_var(LAUNCH_ENV);
     }
     IN_DAEMON.store(true, Ordering::Relaxed);
-    Some((launch, inherited()))
+    Some(inherited())
 }
 
-/// The readiness pipe and the start lock the launcher handed over.
+/// The launch description, the readiness pipe and the start lock the launcher handed
+/// over.
 #[cfg(unix)]
-fn inherited() -> ReadySender {
+fn inherited() -> (Result<Launch, String>, ReadySender) {
     use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileExt;
     let take = |fd: i32| {
         // SAFETY: fcntl F_GETFD only inspects the descriptor.
         let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
@@ -381,15 +388,37 @@ fn inherited() -> ReadySender {
             File::from_raw_fd(fd)
         })
     };
-    ReadySender {
+    let ready = ReadySender {
         pipe: take(READY_FD),
         start_lock: take(LOCK_FD),
-    }
+    };
+    let launch = take(LAUNCH_FD)
+        .ok_or_else(|| "no launch description was handed over".to_string())
+        .and_then(|file| {
+            // The launcher's writes left the shared offset at the end: read from 0.
+            let mut bytes = Vec::new();
+            let mut chunk = vec![0; 64 << 10];
+            loop {
+                match file.read_at(&mut chunk, bytes.len() as u64) {
+                    Ok(0) => break Ok(bytes),
+                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => break Err(format!("reading the launch description: {error}")),
+                }
+            }
+        })
+        .and_then(|bytes| {
+            postcard::from_bytes(&bytes).map_err(|error| format!("the launch description: {error}"))
+        });
+    (launch, ready)
 }
 
 #[cfg(not(unix))]
-fn inherited() -> ReadySender {
-    ReadySender::none()
+fn inherited() -> (Result<Launch, String>, ReadySender) {
+    (
+        Err("auto-start is implemented for Unix only".into()),
+        ReadySender::none(),
+    )
 }
 
 /// Leaves the launcher process: forks, the parent exits at once (the client reaps it),
@@ -408,13 +437,13 @@ pub(crate) fn detach() -> io::Result<()> {
 /// client never kills the daemon (std sets that up in `main`, which a daemon started
 /// before `main` never reaches).
 #[cfg(unix)]
-pub(crate) fn daemon_stdio(log: &Path) {
+pub(crate) fn daemon_stdio(log: io::Result<File>) {
     use std::os::fd::AsRawFd;
     // SAFETY: setting a signal disposition to SIG_IGN is always sound.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    if let Ok(file) = crate::runtime_dir::open_log(log) {
+    if let Ok(file) = log {
         // SAFETY: dup2 onto the standard descriptors, which this process owns.
         unsafe {
             libc::dup2(file.as_raw_fd(), 1);
@@ -429,7 +458,7 @@ pub(crate) fn detach() -> io::Result<()> {
 }
 
 #[cfg(not(unix))]
-pub(crate) fn daemon_stdio(_log: &Path) {}
+pub(crate) fn daemon_stdio(_log: io::Result<File>) {}
 
 #[cfg(test)]
 mod tests {

@@ -99,6 +99,21 @@ pub fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     json[at..].split([',', '\n', '}']).next().map(str::trim)
 }
 
+/// Writes `bytes` to `path` as the runtime writes its files: created 0600, so that the
+/// runtime takes it for a file of ours (corrupt, perhaps, but not planted).
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .unwrap();
+}
+
 /// SIGKILLs `pid` and waits until it is gone.
 pub fn kill(pid: u32) {
     // SAFETY: kill has no memory-safety preconditions.
