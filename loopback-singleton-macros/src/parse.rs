@@ -194,25 +194,85 @@ fn singleton_name_arg(attr: TokenStream) -> syn::Result<Option<LitStr>> {
     Ok(name)
 }
 
-/// A singleton name names a directory: `[A-Za-z0-9._-]{1,64}`, not starting with `.`.
+/// Rejects an invalid `name = "..."`, spanned at the literal.
 fn check_singleton_name(literal: &LitStr) -> syn::Result<()> {
     let name = literal.value();
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty()
-        || name.len() > MAX_NAME_LEN
-        || name.starts_with('.')
-        || !name.chars().all(allowed)
-    {
-        return Err(Error::new_spanned(
+    match NameProblems::of(&name) {
+        None => Ok(()),
+        Some(problems) => Err(Error::new_spanned(
             literal,
             format!(
-                "invalid singleton name {:?}: use 1 to {MAX_NAME_LEN} characters among \
-                 `A-Z a-z 0-9 . _ -`, not starting with `.` (it names a directory)",
-                name
+                "invalid singleton name {name:?}: {problems}; use {} (it names a directory)",
+                name_rule()
             ),
-        ));
+        )),
     }
-    Ok(())
+}
+
+/// The rule of a singleton name, as errors state it.
+fn name_rule() -> String {
+    format!("1 to {MAX_NAME_LEN} characters among `A-Z a-z 0-9 . _ -`, not starting with `.`")
+}
+
+/// What makes a string break the singleton-name rule, which is the runtime's own
+/// (`validate_name` in `loopback-singleton`'s `runtime_dir.rs`): a name names a
+/// directory, so it is `[A-Za-z0-9._-]{1,64}`, not starting with `.`.
+struct NameProblems {
+    empty: bool,
+    leading_dot: bool,
+    /// The characters outside `A-Z a-z 0-9 . _ -`, each once, in order.
+    chars: Vec<char>,
+    /// The length in characters, when over [`MAX_NAME_LEN`]. (The runtime counts bytes,
+    /// which are the characters of a name whose characters are all allowed.)
+    too_long: Option<usize>,
+}
+
+impl NameProblems {
+    /// `None` if `name` is a valid singleton name.
+    fn of(name: &str) -> Option<Self> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        let mut chars = Vec::new();
+        for c in name.chars().filter(|&c| !allowed(c)) {
+            if !chars.contains(&c) {
+                chars.push(c);
+            }
+        }
+        let len = name.chars().count();
+        let problems = NameProblems {
+            empty: name.is_empty(),
+            leading_dot: name.starts_with('.'),
+            chars,
+            too_long: (len > MAX_NAME_LEN).then_some(len),
+        };
+        let valid = !problems.empty
+            && !problems.leading_dot
+            && problems.chars.is_empty()
+            && problems.too_long.is_none();
+        (!valid).then_some(problems)
+    }
+}
+
+impl std::fmt::Display for NameProblems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = Vec::new();
+        if self.empty {
+            said.push("it is empty".to_owned());
+        }
+        if self.leading_dot {
+            said.push("it starts with `.`".to_owned());
+        }
+        if !self.chars.is_empty() {
+            let chars: Vec<String> = self.chars.iter().map(|c| format!("{c:?}")).collect();
+            let verb = if chars.len() == 1 { "is" } else { "are" };
+            said.push(format!("{} {verb} not allowed", chars.join(", ")));
+        }
+        if let Some(len) = self.too_long {
+            said.push(format!(
+                "it is {len} characters long, over the limit of {MAX_NAME_LEN}"
+            ));
+        }
+        f.write_str(&said.join(" and "))
+    }
 }
 
 // ---------------------------------------------------------------------------------------

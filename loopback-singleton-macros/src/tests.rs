@@ -343,6 +343,27 @@ fn checks_the_attribute() {
     assert!(
         errors(quote!(name = #long), quote!(impl Counter {}))[0].contains("invalid singleton name")
     );
+    // The message says what is wrong.
+    let said = |name: &str| errors(quote!(name = #name), quote!(impl Counter {})).remove(0);
+    assert!(said("").contains("it is empty"), "{}", said(""));
+    assert!(said(".x").contains("starts with `.`"), "{}", said(".x"));
+    assert!(
+        said("a/b").contains("'/' is not allowed"),
+        "{}",
+        said("a/b")
+    );
+    assert!(
+        said("a b/c").contains("' ', '/' are not allowed"),
+        "{}",
+        said("a b/c")
+    );
+    assert!(
+        said(&long).contains("65 characters long"),
+        "{}",
+        said(&long)
+    );
+    let longest = &long[1..];
+    parse_ok(quote!(name = #longest), quote!(impl Counter {}));
     assert!(errors(quote!(other = "x"), quote!(impl Counter {}))[0].contains("only `name"));
     assert!(errors(quote!(name = 5), quote!(impl Counter {}))[0].contains("string literal"));
 }
