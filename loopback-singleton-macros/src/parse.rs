@@ -30,7 +30,7 @@ const RESERVED_NAMES: &[&str] = &[
     "fmt",
 ];
 
-/// Longest singleton name accepted by `name = "..."`: it names a directory.
+/// Longest singleton name, given or default: it names a directory.
 const MAX_NAME_LEN: usize = 64;
 
 /// Why the macro refused its input: what to emit instead of the expansion.
@@ -95,7 +95,8 @@ impl Errors {
 /// Parses and validates `#[local_singleton(attr)] item`.
 pub fn service(attr: TokenStream, item: TokenStream) -> Result<Service, Rejection> {
     let mut errors = Errors::default();
-    let name = errors.take(singleton_name_arg(attr)).flatten();
+    // `None` if the attribute is wrong (already reported), `Some(None)` without `name`.
+    let name_arg = errors.take(singleton_name_arg(attr));
     let mut item_impl = match syn::parse2::<Item>(item.clone()) {
         Ok(Item::Impl(item_impl)) => item_impl,
         Ok(_) => {
@@ -151,6 +152,15 @@ pub fn service(attr: TokenStream, item: TokenStream) -> Result<Service, Rejectio
         }
     }
     errors.check(check_variant_clashes(&methods));
+    let name = match (name_arg, &ident) {
+        (Some(None), Some(ident)) => {
+            let package = std::env::var("CARGO_PKG_NAME").ok();
+            errors
+                .take(default_name(package.as_deref(), ident))
+                .flatten()
+        }
+        (name_arg, _) => name_arg.flatten(),
+    };
 
     if !errors.is_empty() {
         return Err(errors.reject(item_impl.into_token_stream()));
@@ -273,6 +283,36 @@ impl std::fmt::Display for NameProblems {
         }
         f.write_str(&said.join(" and "))
     }
+}
+
+/// The default singleton name, `<package>.<Type>`, as a literal spanned at the type's
+/// name: computed here, so that the name checked is the name used. `package` is the
+/// `CARGO_PKG_NAME` that cargo gives the compiler; without it (rustc run by something
+/// else), `None`: the expansion then leaves the name to `env!`, unchecked.
+pub(crate) fn default_name(package: Option<&str>, ident: &Ident) -> syn::Result<Option<LitStr>> {
+    let Some(package) = package else {
+        return Ok(None);
+    };
+    let type_name = ident.unraw().to_string();
+    let name = format!("{package}.{type_name}");
+    let Some(problems) = NameProblems::of(&name) else {
+        return Ok(Some(LitStr::new(&name, ident.span())));
+    };
+    // Renaming the type helps unless a culprit character comes from the package name.
+    let rename = if problems.chars.iter().all(|&c| type_name.contains(c)) {
+        "rename the type"
+    } else {
+        "rename the package"
+    };
+    Err(Error::new(
+        ident.span(),
+        format!(
+            "invalid default singleton name {name:?} (`<crate>.<Type>`): {problems}; \
+             set a valid name with `#[local_singleton(name = \"...\")]` \
+             ({}; it names a directory), or {rename}",
+            name_rule()
+        ),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
