@@ -181,6 +181,7 @@ fn service_impl(service: &Service, names: &Names) -> TokenStream {
     let self_ty = &service.self_ty;
     let name = match &service.name {
         Some(name) => quote!(#name),
+        // The package name was unknown at expansion: the default, unchecked.
         None => quote!(::core::concat!(::core::env!("CARGO_PKG_NAME"), ".", #type_name)),
     };
     let schema = fingerprint::schema_expr(service);

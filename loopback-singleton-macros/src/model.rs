@@ -11,7 +11,9 @@ pub struct Service {
     pub self_ty: Type,
     /// The last identifier of the type's path, which names the generated items.
     pub ident: Ident,
-    /// The singleton name of `#[local_singleton(name = "...")]`, if given.
+    /// The singleton name, checked: `#[local_singleton(name = "...")]`, else the default
+    /// `<package>.<Type>`. `None` when the package name was unknown at expansion (no
+    /// `CARGO_PKG_NAME`): the expansion then asks `env!` for it.
     pub name: Option<LitStr>,
     /// The exposed methods (public, with a `&self` or `&mut self` receiver), in
     /// declaration order: the order fixes the wire's variant indices.

@@ -30,7 +30,7 @@ const RESERVED_NAMES: &[&str] = &[
     "fmt",
 ];
 
-/// Longest singleton name accepted by `name = "..."`: it names a directory.
+/// Longest singleton name, given or default: it names a directory.
 const MAX_NAME_LEN: usize = 64;
 
 /// Why the macro refused its input: what to emit instead of the expansion.
@@ -95,7 +95,8 @@ impl Errors {
 /// Parses and validates `#[local_singleton(attr)] item`.
 pub fn service(attr: TokenStream, item: TokenStream) -> Result<Service, Rejection> {
     let mut errors = Errors::default();
-    let name = errors.take(singleton_name_arg(attr)).flatten();
+    // `None` if the attribute is wrong (already reported), `Some(None)` without `name`.
+    let name_arg = errors.take(singleton_name_arg(attr));
     let mut item_impl = match syn::parse2::<Item>(item.clone()) {
         Ok(Item::Impl(item_impl)) => item_impl,
         Ok(_) => {
@@ -151,6 +152,15 @@ pub fn service(attr: TokenStream, item: TokenStream) -> Result<Service, Rejectio
         }
     }
     errors.check(check_variant_clashes(&methods));
+    let name = match (name_arg, &ident) {
+        (Some(None), Some(ident)) => {
+            let package = std::env::var("CARGO_PKG_NAME").ok();
+            errors
+                .take(default_name(package.as_deref(), ident))
+                .flatten()
+        }
+        (name_arg, _) => name_arg.flatten(),
+    };
 
     if !errors.is_empty() {
         return Err(errors.reject(item_impl.into_token_stream()));
@@ -194,25 +204,115 @@ fn singleton_name_arg(attr: TokenStream) -> syn::Result<Option<LitStr>> {
     Ok(name)
 }
 
-/// A singleton name names a directory: `[A-Za-z0-9._-]{1,64}`, not starting with `.`.
+/// Rejects an invalid `name = "..."`, spanned at the literal.
 fn check_singleton_name(literal: &LitStr) -> syn::Result<()> {
     let name = literal.value();
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty()
-        || name.len() > MAX_NAME_LEN
-        || name.starts_with('.')
-        || !name.chars().all(allowed)
-    {
-        return Err(Error::new_spanned(
+    match NameProblems::of(&name) {
+        None => Ok(()),
+        Some(problems) => Err(Error::new_spanned(
             literal,
             format!(
-                "invalid singleton name {:?}: use 1 to {MAX_NAME_LEN} characters among \
-                 `A-Z a-z 0-9 . _ -`, not starting with `.` (it names a directory)",
-                name
+                "invalid singleton name {name:?}: {problems}; use {} (it names a directory)",
+                name_rule()
             ),
-        ));
+        )),
     }
-    Ok(())
+}
+
+/// The rule of a singleton name, as errors state it.
+fn name_rule() -> String {
+    format!("1 to {MAX_NAME_LEN} characters among `A-Z a-z 0-9 . _ -`, not starting with `.`")
+}
+
+/// What makes a string break the singleton-name rule, which is the runtime's own
+/// (`validate_name` in `loopback-singleton`'s `runtime_dir.rs`): a name names a
+/// directory, so it is `[A-Za-z0-9._-]{1,64}`, not starting with `.`.
+struct NameProblems {
+    empty: bool,
+    leading_dot: bool,
+    /// The characters outside `A-Z a-z 0-9 . _ -`, each once, in order.
+    chars: Vec<char>,
+    /// The length in characters, when over [`MAX_NAME_LEN`]. (The runtime counts bytes,
+    /// which are the characters of a name whose characters are all allowed.)
+    too_long: Option<usize>,
+}
+
+impl NameProblems {
+    /// `None` if `name` is a valid singleton name.
+    fn of(name: &str) -> Option<Self> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        let mut chars = Vec::new();
+        for c in name.chars().filter(|&c| !allowed(c)) {
+            if !chars.contains(&c) {
+                chars.push(c);
+            }
+        }
+        let len = name.chars().count();
+        let problems = NameProblems {
+            empty: name.is_empty(),
+            leading_dot: name.starts_with('.'),
+            chars,
+            too_long: (len > MAX_NAME_LEN).then_some(len),
+        };
+        let valid = !problems.empty
+            && !problems.leading_dot
+            && problems.chars.is_empty()
+            && problems.too_long.is_none();
+        (!valid).then_some(problems)
+    }
+}
+
+impl std::fmt::Display for NameProblems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = Vec::new();
+        if self.empty {
+            said.push("it is empty".to_owned());
+        }
+        if self.leading_dot {
+            said.push("it starts with `.`".to_owned());
+        }
+        if !self.chars.is_empty() {
+            let chars: Vec<String> = self.chars.iter().map(|c| format!("{c:?}")).collect();
+            let verb = if chars.len() == 1 { "is" } else { "are" };
+            said.push(format!("{} {verb} not allowed", chars.join(", ")));
+        }
+        if let Some(len) = self.too_long {
+            said.push(format!(
+                "it is {len} characters long, over the limit of {MAX_NAME_LEN}"
+            ));
+        }
+        f.write_str(&said.join(" and "))
+    }
+}
+
+/// The default singleton name, `<package>.<Type>`, as a literal spanned at the type's
+/// name: computed here, so that the name checked is the name used. `package` is the
+/// `CARGO_PKG_NAME` that cargo gives the compiler; without it (rustc run by something
+/// else), `None`: the expansion then leaves the name to `env!`, unchecked.
+pub(crate) fn default_name(package: Option<&str>, ident: &Ident) -> syn::Result<Option<LitStr>> {
+    let Some(package) = package else {
+        return Ok(None);
+    };
+    let type_name = ident.unraw().to_string();
+    let name = format!("{package}.{type_name}");
+    let Some(problems) = NameProblems::of(&name) else {
+        return Ok(Some(LitStr::new(&name, ident.span())));
+    };
+    // Renaming the type helps unless a culprit character comes from the package name.
+    let rename = if problems.chars.iter().all(|&c| type_name.contains(c)) {
+        "rename the type"
+    } else {
+        "rename the package"
+    };
+    Err(Error::new(
+        ident.span(),
+        format!(
+            "invalid default singleton name {name:?} (`<crate>.<Type>`): {problems}; \
+             set a valid name with `#[local_singleton(name = \"...\")]` \
+             ({}; it names a directory), or {rename}",
+            name_rule()
+        ),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------

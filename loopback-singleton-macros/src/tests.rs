@@ -154,10 +154,21 @@ fn expansion_of_init_and_async() {
         "Self :: builder () . connect ((start , :: std :: borrow :: ToOwned :: to_owned (step)))",
         "Dispatch :: pending (async move { let __ls_value = < Counter > :: slow (self , & __ls_arg0) . await ;",
         "pub (crate) fn greet (& self , who : & str)",
-        "CARGO_PKG_NAME",
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
+}
+
+#[test]
+fn the_default_name_is_computed_at_expansion() {
+    let text = expand::service(&parse_ok(TokenStream::new(), counter())).to_string();
+    // Cargo sets `CARGO_PKG_NAME` when it runs tests too; without it, the expansion
+    // leaves the name to `env!`.
+    let expected = match std::env::var("CARGO_PKG_NAME") {
+        Ok(package) => format!("const NAME : & 'static str = \"{package}.Counter\""),
+        Err(_) => "const NAME : & 'static str = :: core :: concat ! (:: core :: env ! (\"CARGO_PKG_NAME\") , \".\" , \"Counter\")".to_owned(),
+    };
+    assert!(text.contains(&expected), "missing `{expected}` in:\n{text}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -343,8 +354,84 @@ fn checks_the_attribute() {
     assert!(
         errors(quote!(name = #long), quote!(impl Counter {}))[0].contains("invalid singleton name")
     );
+    // The message says what is wrong.
+    let said = |name: &str| errors(quote!(name = #name), quote!(impl Counter {})).remove(0);
+    assert!(said("").contains("it is empty"), "{}", said(""));
+    assert!(said(".x").contains("starts with `.`"), "{}", said(".x"));
+    assert!(
+        said("a/b").contains("'/' is not allowed"),
+        "{}",
+        said("a/b")
+    );
+    assert!(
+        said("a b/c").contains("' ', '/' are not allowed"),
+        "{}",
+        said("a b/c")
+    );
+    assert!(
+        said(&long).contains("65 characters long"),
+        "{}",
+        said(&long)
+    );
+    let longest = &long[1..];
+    parse_ok(quote!(name = #longest), quote!(impl Counter {}));
     assert!(errors(quote!(other = "x"), quote!(impl Counter {}))[0].contains("only `name"));
     assert!(errors(quote!(name = 5), quote!(impl Counter {}))[0].contains("string literal"));
+}
+
+#[test]
+fn checks_the_default_name() {
+    let ident = |name: &str| proc_macro2::Ident::new(name, proc_macro2::Span::call_site());
+    let name = |package, ty: &str| {
+        parse::default_name(package, &ident(ty)).map(|name| name.map(|name| name.value()))
+    };
+    let message = |package, ty: &str| name(package, ty).unwrap_err().to_string();
+    assert_eq!(
+        name(Some("my-crate"), "Counter").unwrap().unwrap(),
+        "my-crate.Counter"
+    );
+    let raw = proc_macro2::Ident::new_raw("Counter", proc_macro2::Span::call_site());
+    let raw = parse::default_name(Some("my-crate"), &raw)
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw.value(), "my-crate.Counter");
+    assert_eq!(name(None, "Counter").unwrap(), None);
+    // `my-crate.` is 9 characters: 55 more make 64, the limit.
+    assert!(name(Some("my-crate"), &"T".repeat(55)).is_ok());
+    let long = message(Some("my-crate"), &"T".repeat(56));
+    assert!(long.contains("invalid default singleton name"), "{long}");
+    assert!(
+        long.contains("65 characters long, over the limit of 64"),
+        "{long}"
+    );
+    assert!(
+        long.contains("`#[local_singleton(name = \"...\")]`"),
+        "{long}"
+    );
+    assert!(long.ends_with("or rename the type"), "{long}");
+    let umlaut = message(Some("my-crate"), "Zähler");
+    assert!(umlaut.contains("\"my-crate.Zähler\""), "{umlaut}");
+    assert!(umlaut.contains("'ä' is not allowed"), "{umlaut}");
+    assert!(umlaut.ends_with("or rename the type"), "{umlaut}");
+    let package = message(Some("zähler"), "Counter");
+    assert!(package.ends_with("or rename the package"), "{package}");
+}
+
+#[test]
+fn an_invalid_default_name_is_one_error() {
+    // The package name is unknown outside cargo: then nothing is checked.
+    if std::env::var("CARGO_PKG_NAME").is_ok() {
+        let error = single_error(quote!(impl Zähler { pub fn get(&self) -> u8 { 0 } }));
+        assert!(error.contains("'ä' is not allowed"), "{error}");
+    }
+    // A given name replaces the default, even an invalid one: one error, about it.
+    parse_ok(quote!(name = "zaehler"), quote!(impl Zähler {}));
+    let errors = errors(quote!(name = "a/b"), quote!(impl Zähler {}));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("invalid singleton name \"a/b\""),
+        "{errors:#?}"
+    );
 }
 
 #[test]

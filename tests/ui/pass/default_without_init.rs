@@ -1,7 +1,7 @@
 //! Without `#[init]`, the daemon builds the instance with `Default`, and `connect` takes
-//! no arguments.
+//! no arguments. Without `name = "..."`, the singleton name is `<crate>.<Type>`.
 
-use loopback_singleton::local_singleton;
+use loopback_singleton::{Service, local_singleton};
 
 #[derive(Default)]
 pub struct Counter {
@@ -27,4 +27,10 @@ fn use_client() -> Result<u64, loopback_singleton::Error> {
     counter.get()
 }
 
-fn main() {}
+fn main() {
+    // Computed by the macro at expansion: the same as the compiler's own `CARGO_PKG_NAME`.
+    assert_eq!(
+        <Counter as Service>::NAME,
+        concat!(env!("CARGO_PKG_NAME"), ".Counter")
+    );
+}
