@@ -400,13 +400,18 @@ impl<S: Service> Client<S> {
             name: name.clone(),
             reason: format!("the init arguments do not encode: {error}"),
         })?;
+        let fingerprint = wire::init_fingerprint(init).map_err(|error| Error::StartFailed {
+            name: name.clone(),
+            reason: format!("the init arguments do not encode: {error}"),
+        })?;
         let inner = Inner {
-            init: (!builder.attach).then(|| wire::init_fingerprint(&encoded)),
+            init: (!builder.attach).then_some(fingerprint),
             launch: Launch {
                 name: name.clone(),
                 base,
                 options: builder.options.clone(),
                 init: encoded,
+                init_fingerprint: fingerprint,
                 init_description: wire::describe(&init),
             },
             name,

@@ -152,10 +152,12 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
-/// Fingerprint of encoded init arguments (compared in the handshake).
-pub(crate) fn init_fingerprint(encoded: &[u8]) -> Fingerprint {
-    let hash = blake3::hash(encoded);
-    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+/// Fingerprint of init arguments (compared in the handshake): equal arguments agree
+/// whatever order their maps iterate in (see [`crate::canonical`]).
+pub(crate) fn init_fingerprint<T: Serialize + ?Sized>(
+    init: &T,
+) -> Result<Fingerprint, crate::canonical::Unencodable> {
+    crate::canonical::fingerprint(init)
 }
 
 /// A readable rendering of init arguments for mismatch errors (JSON where the type
@@ -165,8 +167,8 @@ pub(crate) fn init_fingerprint(encoded: &[u8]) -> Fingerprint {
 pub(crate) fn describe<T: Serialize + ?Sized>(init: &T) -> String {
     /// Long enough to tell arguments apart, short enough for any message.
     const MAX: usize = 1024;
-    let fingerprint = || match postcard::to_stdvec(init) {
-        Ok(bytes) => format!("<init arguments {:016x}>", init_fingerprint(&bytes)),
+    let fingerprint = || match init_fingerprint(init) {
+        Ok(fingerprint) => format!("<init arguments {fingerprint:016x}>"),
         Err(_) => "<unencodable init arguments>".to_string(),
     };
     let json = serde_json::to_value(init).and_then(|mut value| {
@@ -403,6 +405,17 @@ mod tests {
         assert_eq!(
             describe(&nested),
             r#"{"10":{"k00":0,"k01":1},"9":{"k00":0}}"#
+        );
+        // Too long: cut, and marked with the fingerprint, equal for equal arguments.
+        let big = |keys: &mut dyn Iterator<Item = u32>| -> HashMap<String, String> {
+            keys.map(|i| (format!("k{i:03}"), "v".repeat(20))).collect()
+        };
+        let (a, b) = (big(&mut (0..100)), big(&mut (0..100).rev()));
+        assert_eq!(describe(&a), describe(&b));
+        assert!(
+            describe(&a).contains("<init arguments "),
+            "{}",
+            describe(&a)
         );
     }
 
