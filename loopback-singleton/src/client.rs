@@ -176,6 +176,12 @@ impl<S: Service> Builder<S> {
     }
 
     /// Connects, starting the daemon with `init` if none runs.
+    ///
+    /// A running daemon is used if it was started with arguments equal to `init`, else
+    /// [`Error::InitMismatch`] (see [`attach`](Self::attach)). Maps compare equal
+    /// whatever the order of their entries, at any depth; a `HashSet` reaches serde as
+    /// a sequence, so its iteration order (which differs between processes) counts: use
+    /// a `BTreeSet` in init arguments.
     pub fn connect(self, init: S::Init) -> Result<S::Client, Error> {
         Client::<S>::connect(self, init).map(S::Client::from)
     }
