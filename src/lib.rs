@@ -4,6 +4,7 @@
 //! Defining them in a library also checks that a service defined in one crate and used
 //! from another still auto-starts: the daemon hook travels with the library.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use loopback_singleton::local_singleton;
@@ -112,5 +113,56 @@ impl Fragile {
     /// Answers.
     pub fn hello(&self) -> String {
         "hello".to_string()
+    }
+}
+
+/// The number of entries of [`Limits::standard`].
+pub const LIMITS: usize = 16;
+
+/// A service built from a map: equal init arguments must be recognised as equal in
+/// every process, although each process's `HashMap` iterates in its own order.
+pub struct Limits {
+    limits: HashMap<String, u64>,
+}
+
+impl Limits {
+    /// The suite's map: `limit-00` to `limit-15`, each `100 + i`; with `bump`, entry
+    /// `bump` is one higher.
+    pub fn standard(bump: Option<usize>) -> HashMap<String, u64> {
+        (0..LIMITS)
+            .map(|i| {
+                let value = 100 + i as u64 + u64::from(Some(i) == bump);
+                (format!("limit-{i:02}"), value)
+            })
+            .collect()
+    }
+
+    /// The keys of `map` in its iteration order, as their numbers (`3-11-0-...`): shows
+    /// that two processes really hold their maps in different orders.
+    pub fn order(map: &HashMap<String, u64>) -> String {
+        map.keys()
+            .map(|key| key.trim_start_matches("limit-").trim_start_matches('0'))
+            .map(|number| if number.is_empty() { "0" } else { number })
+            .collect::<Vec<_>>()
+            .join("-")
+    }
+}
+
+#[local_singleton(name = "suite-limits")]
+impl Limits {
+    /// Starts with these limits.
+    #[init]
+    pub fn new(limits: HashMap<String, u64>) -> Self {
+        Limits { limits }
+    }
+
+    /// The limit named `key`, if any.
+    pub fn limit(&self, key: &str) -> Option<u64> {
+        self.limits.get(key).copied()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
     }
 }

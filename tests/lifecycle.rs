@@ -5,11 +5,15 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestEnv, alive, field, wait_gone};
 use loopback_singleton::{Error, RemoteError};
-use loopback_singleton_suite::{Counter, CounterClient, CounterError, Fragile, FragileClient};
+use loopback_singleton_suite::{
+    Counter, CounterClient, CounterError, Fragile, FragileClient, Limits, LimitsClient,
+};
 
 #[test]
 fn count_continues_across_processes_with_one_daemon() {
@@ -82,6 +86,124 @@ fn init_mismatch_is_typed_and_leaves_the_daemon_alone() {
     let attached: CounterClient = env.builder::<Counter>().attach().connect(2).unwrap();
     assert_eq!(attached.get().unwrap(), 3);
     first.shutdown().unwrap();
+}
+
+/// Equal init maps are equal whatever order each process's `HashMap` holds them in;
+/// a changed entry is still refused. The daemon is started from this process, the
+/// others connect from `suite-client` processes (each with its own `RandomState`).
+#[test]
+fn equal_init_maps_from_other_processes_are_accepted_whatever_their_order() {
+    let env = TestEnv::new("map-order");
+    let ours = Limits::standard(None);
+    let our_order = Limits::order(&ours);
+    let first: LimitsClient = env.builder::<Limits>().connect(ours).unwrap();
+    let pid = u64::from(first.pid().unwrap());
+
+    let same = env.run_client(&["limits"]);
+    let stdout = String::from_utf8_lossy(&same.stdout).into_owned();
+    // Guards the test itself: std seeds every process's hasher afresh, so the other
+    // process's map iterates in another order (equal orders of 16 keys: ~1e-13).
+    assert_ne!(word(&stdout, "order"), our_order, "{stdout}");
+    assert_eq!(
+        field(&same, "pid"),
+        pid,
+        "the same entries in another order reach the same daemon"
+    );
+
+    let changed = env.run_client(&["limits", "7"]);
+    let stdout = String::from_utf8_lossy(&changed.stdout).into_owned();
+    assert_eq!(
+        changed.status.code(),
+        Some(3),
+        "expected InitMismatch: {stdout}"
+    );
+    // Both sides describe the map in key order, so equal entries read the same.
+    let described = |bump: Option<usize>| {
+        let entries: Vec<String> = (0..16)
+            .map(|i| {
+                let value = 100 + i as u64 + u64::from(Some(i) == bump);
+                format!("\"limit-{i:02}\":{value}")
+            })
+            .collect();
+        format!("{{{}}}", entries.join(","))
+    };
+    assert_eq!(line(&stdout, "wanted"), described(Some(7)), "{stdout}");
+    assert_eq!(line(&stdout, "running"), described(None), "{stdout}");
+
+    // The daemon is unharmed and still the one this process started.
+    assert_eq!(first.limit("limit-07").unwrap(), Some(107));
+    assert_eq!(u64::from(first.pid().unwrap()), pid);
+    first.shutdown().unwrap();
+}
+
+/// The same for a process hosting the service itself (`Service::serve`): it
+/// fingerprints its arguments as a client-started daemon does.
+#[test]
+fn a_served_instance_accepts_equal_init_maps_from_other_processes() {
+    let env = TestEnv::new("map-serve");
+    let mut host = Reaped(
+        env.client(&["serve-limits"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut announced = String::new();
+    BufReader::new(host.0.stdout.take().unwrap())
+        .read_line(&mut announced)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.recorded_pid() != Some(host.0.id()) {
+        assert!(host.0.try_wait().unwrap().is_none(), "the host exited");
+        assert!(Instant::now() < deadline, "the host did not publish itself");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let ours = Limits::standard(None);
+    assert_ne!(
+        word(&announced, "order"),
+        Limits::order(&ours),
+        "{announced}"
+    );
+    let client: LimitsClient = env.builder::<Limits>().connect(ours).unwrap();
+    assert_eq!(client.pid().unwrap(), host.0.id());
+    let changed = env.run_client(&["limits", "7"]);
+    assert_eq!(
+        changed.status.code(),
+        Some(3),
+        "expected InitMismatch: {}",
+        String::from_utf8_lossy(&changed.stdout)
+    );
+
+    client.shutdown().unwrap();
+    let status = host.0.wait().unwrap();
+    assert!(status.success(), "the host exits cleanly: {status}");
+}
+
+/// A child process, killed (if still running) and reaped when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of the `key=value` word in `stdout`.
+fn word<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {stdout:?}"))
+}
+
+/// The rest of the line starting with `key=` in `stdout`.
+fn line<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= line in {stdout:?}"))
 }
 
 #[test]

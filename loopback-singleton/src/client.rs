@@ -176,6 +176,12 @@ impl<S: Service> Builder<S> {
     }
 
     /// Connects, starting the daemon with `init` if none runs.
+    ///
+    /// A running daemon is used if it was started with arguments equal to `init`, else
+    /// [`Error::InitMismatch`] (see [`attach`](Self::attach)). Maps compare equal
+    /// whatever the order of their entries, at any depth; a `HashSet` reaches serde as
+    /// a sequence, so its iteration order (which differs between processes) counts: use
+    /// a `BTreeSet` in init arguments.
     pub fn connect(self, init: S::Init) -> Result<S::Client, Error> {
         Client::<S>::connect(self, init).map(S::Client::from)
     }
@@ -406,13 +412,18 @@ impl<S: Service> Client<S> {
             name: name.clone(),
             reason: format!("the init arguments do not encode: {error}"),
         })?;
+        let fingerprint = wire::init_fingerprint(init).map_err(|error| Error::StartFailed {
+            name: name.clone(),
+            reason: format!("the init arguments do not encode: {error}"),
+        })?;
         let inner = Inner {
-            init: (!builder.attach).then(|| wire::init_fingerprint(&encoded)),
+            init: (!builder.attach).then_some(fingerprint),
             launch: Launch {
                 name: name.clone(),
                 base,
                 options: builder.options.clone(),
                 init: encoded,
+                init_fingerprint: fingerprint,
                 init_description: wire::describe(&init),
             },
             name,

@@ -121,6 +121,10 @@ pub(crate) struct Launch {
     pub base: PathBuf,
     pub options: ServeOptions,
     pub init: Vec<u8>,
+    /// The init fingerprint, computed by the starter from the typed arguments (map
+    /// order does not count) and compared by the daemon as is: recomputed from `init`'s
+    /// bytes, it would depend on the order of the starter's maps.
+    pub init_fingerprint: Fingerprint,
     pub init_description: String,
 }
 
@@ -213,6 +217,10 @@ pub(crate) fn serve<S: Service>(init: S::Init, options: ServeOptions) -> Result<
         base,
         options,
         init: postcard::to_stdvec(&init).map_err(|error| Error::StartFailed {
+            name: S::NAME.into(),
+            reason: format!("init arguments do not encode: {error}"),
+        })?,
+        init_fingerprint: wire::init_fingerprint(&init).map_err(|error| Error::StartFailed {
             name: S::NAME.into(),
             reason: format!("init arguments do not encode: {error}"),
         })?,
@@ -374,7 +382,7 @@ fn start<S: Service>(
         port,
         started: Instant::now(),
         schema: S::SCHEMA,
-        init: wire::init_fingerprint(&launch.init),
+        init: launch.init_fingerprint,
         init_description: launch.init_description.clone(),
         options: launch.options.clone(),
         connections: AtomicU32::new(0),

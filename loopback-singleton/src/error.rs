@@ -119,6 +119,8 @@ pub enum Error {
 
     /// The running daemon was constructed with other `#[init]` arguments than this
     /// client asked for. The running daemon is left alone: others may be using it.
+    /// Arguments are compared by value, maps whatever the order of their entries (see
+    /// [`Builder::connect`](crate::Builder::connect)).
     #[error(
         "the daemon of `{name}` runs with init arguments {running}, but this client wanted {wanted}; \
          use another name for a second instance, or connect with the same arguments"

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod async_client;
+mod canonical;
 mod client;
 mod daemon;
 mod error;

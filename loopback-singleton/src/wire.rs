@@ -152,22 +152,30 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
-/// Fingerprint of encoded init arguments (compared in the handshake).
-pub(crate) fn init_fingerprint(encoded: &[u8]) -> Fingerprint {
-    let hash = blake3::hash(encoded);
-    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+/// Fingerprint of init arguments (compared in the handshake): equal arguments agree
+/// whatever order their maps iterate in (see [`crate::canonical`]).
+pub(crate) fn init_fingerprint<T: Serialize + ?Sized>(
+    init: &T,
+) -> Result<Fingerprint, crate::canonical::Unencodable> {
+    crate::canonical::fingerprint(init)
 }
 
 /// A readable rendering of init arguments for mismatch errors (JSON where the type
-/// allows it, else its fingerprint).
+/// allows it, else its fingerprint). Objects list their keys in order (map keys and
+/// struct fields alike), so that equal arguments read the same whatever order their
+/// maps iterate in.
 pub(crate) fn describe<T: Serialize + ?Sized>(init: &T) -> String {
     /// Long enough to tell arguments apart, short enough for any message.
     const MAX: usize = 1024;
-    let fingerprint = || match postcard::to_stdvec(init) {
-        Ok(bytes) => format!("<init arguments {:016x}>", init_fingerprint(&bytes)),
+    let fingerprint = || match init_fingerprint(init) {
+        Ok(fingerprint) => format!("<init arguments {fingerprint:016x}>"),
         Err(_) => "<unencodable init arguments>".to_string(),
     };
-    match serde_json::to_string(init) {
+    let json = serde_json::to_value(init).and_then(|mut value| {
+        value.sort_all_objects();
+        serde_json::to_string(&value)
+    });
+    match json {
         Ok(json) if json.len() <= MAX => json,
         Ok(json) => {
             let cut = (0..=MAX - 64)
@@ -374,6 +382,41 @@ mod tests {
         let long = describe(&"é".repeat(5000));
         assert!(long.len() < 1100, "{}", long.len());
         assert!(long.contains("<init arguments "), "{long}");
+    }
+
+    #[test]
+    fn init_descriptions_list_map_entries_in_order() {
+        use std::collections::HashMap;
+        let map = |keys: &mut dyn Iterator<Item = u32>| -> HashMap<String, u32> {
+            keys.map(|i| (format!("k{i:02}"), i)).collect()
+        };
+        let expected = format!(
+            "[{{{}}},2]",
+            (0..16)
+                .map(|i| format!("\"k{i:02}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(describe(&(map(&mut (0..16)), 2)), expected);
+        assert_eq!(describe(&(map(&mut (0..16).rev()), 2)), expected);
+        // Integer keys are JSON strings, listed as strings; nested maps are sorted too.
+        let nested: HashMap<u8, HashMap<String, u32>> =
+            [(10, map(&mut (0..2))), (9, map(&mut (0..1)))].into();
+        assert_eq!(
+            describe(&nested),
+            r#"{"10":{"k00":0,"k01":1},"9":{"k00":0}}"#
+        );
+        // Too long: cut, and marked with the fingerprint, equal for equal arguments.
+        let big = |keys: &mut dyn Iterator<Item = u32>| -> HashMap<String, String> {
+            keys.map(|i| (format!("k{i:03}"), "v".repeat(20))).collect()
+        };
+        let (a, b) = (big(&mut (0..100)), big(&mut (0..100).rev()));
+        assert_eq!(describe(&a), describe(&b));
+        assert!(
+            describe(&a).contains("<init arguments "),
+            "{}",
+            describe(&a)
+        );
     }
 
     #[test]

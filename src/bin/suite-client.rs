@@ -5,11 +5,20 @@
 //! suite-client inc START COUNT      # connect(START), COUNT x inc(); prints "pid=P last=V"
 //! suite-client get START            # prints "pid=P value=V"
 //! suite-client fragile MODE         # connect Fragile (ok|panic|error); prints "hello"
+//! suite-client limits [BUMP]        # connect Limits::standard(BUMP); prints "pid=P order=O"
+//! suite-client serve-limits         # prints "order=O", then hosts Limits::standard(None)
+//!                                   # itself (Service::serve) until shut down
 //! ```
 //! The singleton name comes from `SUITE_NAME`, the runtime dir from
-//! `LOOPBACK_SINGLETON_DIR`. Errors go to stderr with exit status 1.
+//! `LOOPBACK_SINGLETON_DIR`. Errors go to stderr with exit status 1, except that
+//! `limits` reports `InitMismatch` on stdout (`wanted=...` and `running=...` lines)
+//! with exit status 3.
 
-use loopback_singleton_suite::{CounterClient, FragileClient};
+use std::io::Write;
+use std::time::Duration;
+
+use loopback_singleton::{Error, ServeOptions, Service};
+use loopback_singleton_suite::{CounterClient, FragileClient, Limits, LimitsClient};
 
 fn main() {
     if let Err(error) = run() {
@@ -40,6 +49,32 @@ fn run() -> Result<(), loopback_singleton::Error> {
                 .name(name)
                 .connect(args[1].clone())?;
             println!("{}", fragile.hello()?);
+        }
+        Some("limits") => {
+            let bump = args
+                .get(1)
+                .map(|bump| bump.parse().expect("an entry number"));
+            let limits = Limits::standard(bump);
+            let order = Limits::order(&limits);
+            match LimitsClient::builder().name(name).connect(limits) {
+                Ok(client) => println!("pid={} order={order}", client.pid()?),
+                Err(Error::InitMismatch {
+                    wanted, running, ..
+                }) => {
+                    println!("init-mismatch order={order}\nwanted={wanted}\nrunning={running}");
+                    std::process::exit(3);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Some("serve-limits") => {
+            let limits = Limits::standard(None);
+            println!("order={}", Limits::order(&limits));
+            std::io::stdout().flush().expect("stdout");
+            let options = ServeOptions::default()
+                .name(name)
+                .idle_ttl(Some(Duration::from_secs(30)));
+            Limits::serve(limits, options)?;
         }
         other => panic!("unknown command {other:?}"),
     }
