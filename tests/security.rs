@@ -122,7 +122,7 @@ fn silent_and_slow_handshakes_are_dropped_at_the_deadline() {
         let hello = raw::frame(
             &postcard::to_stdvec(&raw::Hello {
                 magic: raw::MAGIC,
-                version: 1,
+                version: raw::VERSION,
                 nonce: [3; 32],
             })
             .unwrap(),
@@ -206,7 +206,7 @@ fn a_storm_of_garbage_leaves_the_daemon_serving_exact_answers() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let hello = postcard::to_stdvec(&raw::Hello {
         magic: raw::MAGIC,
-        version: 1,
+        version: raw::VERSION,
         nonce: [5; 32],
     })
     .unwrap();

@@ -31,8 +31,10 @@ use crate::service::Fingerprint;
 
 /// Identifies a loopback-singleton peer.
 pub(crate) const MAGIC: [u8; 8] = *b"LBSNGLTN";
-/// Bumped on any incompatible change of the frames below.
-pub(crate) const PROTOCOL_VERSION: u16 = 1;
+/// Bumped on any incompatible change of the frames below or of what they mean. 2: the
+/// init fingerprint ignores map order, and hosts hold the instance lock (a host of
+/// version 1 would not keep a successor waiting while it drops its instance).
+pub(crate) const PROTOCOL_VERSION: u16 = 2;
 /// Default frame size limit: 64 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: u32 = 64 << 20;
 /// Frames of the handshake are tiny; anything bigger is refused before allocating.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"LBSNGLTN";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 #[derive(Serialize, Deserialize)]
 pub struct Hello {
