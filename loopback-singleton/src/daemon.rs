@@ -114,7 +114,7 @@ impl ServeOptions {
     }
 }
 
-/// Everything a spawned daemon needs, handed over in its launch file.
+/// Everything a spawned daemon needs, handed over as a nameless private file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Launch {
     pub name: String,
