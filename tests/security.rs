@@ -262,6 +262,22 @@ fn a_storm_of_garbage_leaves_the_daemon_serving_exact_answers() {
 }
 
 #[test]
+fn with_every_handshake_slot_taken_a_newcomer_waits_instead_of_being_closed() {
+    let env = TestEnv::new("slots");
+    let counter = daemon(&env);
+    let (port, secret) = raw::port_and_secret(&env.dir());
+    // 128 silent peers fill every handshake slot until their 400 ms deadline.
+    let silent: Vec<_> = (0..128).map(|_| raw::connect(port)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    // The newcomer is served once the deadline frees the slots, not turned away.
+    let stream = raw::authenticate(port, &secret, Counter::SCHEMA);
+    raw::close(stream);
+    drop(silent);
+    assert_eq!(counter.inc().unwrap(), 1);
+    counter.shutdown().unwrap();
+}
+
+#[test]
 fn a_daemon_reply_to_an_undecodable_request_is_a_typed_error() {
     let env = TestEnv::new("badrequest");
     let counter = daemon(&env);

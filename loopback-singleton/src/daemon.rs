@@ -265,9 +265,9 @@ struct Shared {
     wake_front: Notify,
 }
 
-/// Handshakes in progress at once; more are closed at accept. Each is bounded by the
-/// handshake deadline, so peers without the secret can delay newcomers, not shut out
-/// the clients already connected.
+/// Handshakes in progress at once; more wait in the listen backlog. Each is bounded by
+/// the handshake deadline, so peers without the secret can delay newcomers, not shut
+/// out the clients already connected.
 const MAX_PENDING_HANDSHAKES: u32 = 128;
 
 impl Shared {
@@ -527,13 +527,14 @@ async fn front(
             return "shutdown requested";
         }
         let idle_deadline = shared.idle_deadline().map(tokio::time::Instant::from_std);
+        // With every handshake slot taken, newcomers wait in the listen backlog until a
+        // slot frees (each handshake has a deadline) instead of being turned away.
+        let slot_free = shared.handshaking.load(Ordering::Acquire) < MAX_PENDING_HANDSHAKES;
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if slot_free => match accepted {
                 Ok((stream, _)) => {
-                    if shared.connections.load(Ordering::Acquire) >= shared.options.max_connections
-                        || shared.handshaking.load(Ordering::Acquire) >= MAX_PENDING_HANDSHAKES
-                    {
-                        log_peer("connection refused: max_connections or pending handshakes reached");
+                    if shared.connections.load(Ordering::Acquire) >= shared.options.max_connections {
+                        log_peer("connection refused: max_connections reached");
                         continue;
                     }
                     shared.handshaking.fetch_add(1, Ordering::AcqRel);
@@ -614,7 +615,10 @@ async fn admit(
         handshake(&mut stream, &shared, &secret),
     )
     .await;
-    shared.handshaking.fetch_sub(1, Ordering::AcqRel);
+    if shared.handshaking.fetch_sub(1, Ordering::AcqRel) == MAX_PENDING_HANDSHAKES {
+        // The front thread may be waiting for a free slot.
+        shared.wake_front.notify_one();
+    }
     if let Ok(Ok(())) = outcome {
         if let Ok(stream) = stream.into_std() {
             shared.connections.fetch_add(1, Ordering::AcqRel);
