@@ -247,7 +247,7 @@ impl RuntimeDir {
             }
         };
         #[cfg(unix)]
-        platform::check_private_file(&opened, &self.display(file))?;
+        platform::check_private(&opened, &self.display(file), platform::Private::File)?;
         let mut bytes = Vec::new();
         opened.read_to_end(&mut bytes).map_err(|error| {
             Error::io(format!("reading {}", self.display(file).display()), error)
@@ -579,7 +579,7 @@ mod platform {
                 refuse(path, format!("cannot open it as a directory: {error}"))
             }
         })?;
-        check_private_dir(&handle, path)?;
+        check_private(&handle, path, Private::Dir)?;
         Ok(handle)
     }
 
@@ -591,20 +591,53 @@ mod platform {
             Mode::empty(),
         )
         .map_err(|error| refuse(path, format!("cannot open the working directory: {error}")))?;
-        check_private_dir(&handle, path)?;
+        check_private(&handle, path, Private::Dir)?;
         Ok(handle)
     }
 
-    /// Refuses a directory another user could read or plant files in.
-    fn check_private_dir(handle: &OwnedFd, path: &Path) -> Result<(), Error> {
+    /// What must be private: the runtime directory, or a file in it read for trust.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Private {
+        Dir,
+        File,
+    }
+
+    /// Refuses a directory another user could read or plant files in, or a file that
+    /// is not a regular file of ours, readable and writable by us alone.
+    pub(super) fn check_private(
+        handle: impl AsFd,
+        path: &Path,
+        kind: Private,
+    ) -> Result<(), Error> {
         let stat = rustix::fs::fstat(handle)
             .map_err(|error| refuse(path, format!("cannot inspect it: {error}")))?;
         let me = rustix::process::geteuid().as_raw();
+        let (wanted, what, trust, fix) = match kind {
+            Private::Dir => (
+                FileType::Directory,
+                "directory",
+                "",
+                format!("chmod 700 {}", path.display()),
+            ),
+            Private::File => (
+                FileType::RegularFile,
+                "regular file",
+                ", so it cannot be trusted",
+                format!(
+                    "rm {0}` and let the daemon restart, or `chmod 600 {0}",
+                    path.display()
+                ),
+            ),
+        };
+        if file_type(&stat) != wanted {
+            return Err(refuse(path, format!("it is not a {what}; remove it")));
+        }
         if stat.st_uid != me {
             return Err(refuse(
                 path,
                 format!(
-                    "it is owned by uid {}, not by you (uid {me}); remove it or choose another {DIR_ENV}",
+                    "it is owned by uid {}, not by you (uid {me}){trust}; remove it or choose \
+                     another {DIR_ENV}",
                     stat.st_uid
                 ),
             ));
@@ -613,42 +646,8 @@ mod platform {
             return Err(refuse(
                 path,
                 format!(
-                    "its permissions {:o} let other users in; run `chmod 700 {}`",
+                    "its permissions {:o} let other users in{trust}; run `{fix}`",
                     mode(&stat) & 0o777,
-                    path.display()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Refuses a file that is not a regular file of ours, readable and writable by us
-    /// alone.
-    pub(super) fn check_private_file(file: &File, path: &Path) -> Result<(), Error> {
-        let stat = rustix::fs::fstat(file.as_fd())
-            .map_err(|error| refuse(path, format!("cannot inspect it: {error}")))?;
-        let me = rustix::process::geteuid().as_raw();
-        if file_type(&stat) != FileType::RegularFile {
-            return Err(refuse(path, "it is not a regular file; remove it".into()));
-        }
-        if stat.st_uid != me {
-            return Err(refuse(
-                path,
-                format!(
-                    "it is owned by uid {}, not by you (uid {me}), so it cannot be trusted; remove it",
-                    stat.st_uid
-                ),
-            ));
-        }
-        if mode(&stat) & 0o077 != 0 {
-            return Err(refuse(
-                path,
-                format!(
-                    "its permissions {:o} let other users read or change it, so it cannot be \
-                     trusted; remove it (`rm {}`) and let the daemon restart, or run `chmod 600 {}`",
-                    mode(&stat) & 0o777,
-                    path.display(),
-                    path.display()
                 ),
             ));
         }
