@@ -273,8 +273,8 @@ impl Drop for Workers {
     }
 }
 
-/// `threads` threads that connect, `inc` and drop the client, over and over, until
-/// stopped, `rounds` rounds each, or `limit`.
+/// `threads` threads that connect, `inc` and drop the client, over and over (2 ms
+/// apart), until stopped, `rounds` rounds each, or `limit`.
 fn churn(world: &Arc<JournalWorld>, threads: usize, rounds: u32, limit: Duration) -> Workers {
     let stop = Arc::new(AtomicBool::new(false));
     let threads = (0..threads)
@@ -289,6 +289,8 @@ fn churn(world: &Arc<JournalWorld>, threads: usize, rounds: u32, limit: Duration
                     if let Some(client) = world.connect(Duration::from_millis(500)) {
                         world.tally.call(client.inc());
                     }
+                    // Paced, so that the rounds last as long as the test needs them.
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             })
         })
@@ -330,7 +332,7 @@ fn idle_retirement_persists_every_acknowledged_increment() {
 fn shutdown_persists_every_acknowledged_increment_while_others_connect() {
     let world = Arc::new(JournalWorld::new("jshutdown"));
     let _reaper = Reaper::new(&[&world.env.name]);
-    let workers = churn(&world, 3, 400, Duration::from_secs(20));
+    let workers = churn(&world, 3, 2000, Duration::from_secs(20));
     let mut shutdowns = Vec::new();
     for _ in 0..10 {
         if let Some(client) = world.connect(Duration::from_millis(500)) {
@@ -373,7 +375,7 @@ fn sigterm_with_a_call_in_flight_persists_every_acknowledged_increment() {
             std::thread::sleep(Duration::from_millis(2));
         }
         // Newcomers race the retirement.
-        let newcomers = churn(&world, 2, 200, Duration::from_secs(10));
+        let newcomers = churn(&world, 2, 500, Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(10));
         sigterm(pid);
         world.tally.call(slow.join().unwrap());
