@@ -1,7 +1,7 @@
 //! What a client may trust, and when: retirement that drops the instance before a
 //! successor can be built, a constructor slower than the idle TTL, a runtime
-//! filesystem that is full, a port taken over after a call timed out, and a method
-//! that calls its own service.
+//! filesystem that is full, a port taken over after a call timed out, a method that
+//! calls its own service, and runtime directories that another user could tamper with.
 //!
 //! Real daemons in real processes over real sockets. Each test has its own runtime
 //! directory and name; a [`Reaper`] kills every process serving that name when the
@@ -13,6 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::raw::{self, Rng};
-use common::{TestEnv, json_field, kill, wait_gone};
+use common::{TestEnv, alive, json_field, kill, wait_gone};
 use loopback_singleton::{Builder, Error};
 use loopback_singleton_suite::{
     Counter, CounterClient, Journal, JournalClient, SelfCaller, SelfCallerClient, SlowStart,
@@ -88,6 +89,11 @@ impl Drop for Reaper {
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|error| panic!("chmod {mode:o} {}: {error}", path.display()));
 }
 
 /// The port recorded in a runtime directory's metadata.
@@ -772,4 +778,295 @@ fn an_async_method_calling_its_own_service_gets_reentrant_at_once() {
     );
     assert_eq!(client.hello().unwrap(), "hello", "the daemon keeps serving");
     client.shutdown().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// D1: runtime directories another user could tamper with
+// ---------------------------------------------------------------------------------------
+
+/// `connect` of a Counter, expecting a refusal. A client that connected anyway stops
+/// the daemon it reached if `stop` (one it started itself) before the test fails.
+/// Returns the error's path and reason.
+fn expect_runtime_dir_error(
+    result: Result<CounterClient, Error>,
+    case: &str,
+    stop: bool,
+) -> Result<(PathBuf, String), String> {
+    match result {
+        Err(Error::RuntimeDir { path, reason }) => Ok((path, reason)),
+        Err(other) => Err(format!("{case}: expected Error::RuntimeDir, got {other:?}")),
+        Ok(client) => {
+            let pid = client.pid();
+            if stop {
+                let _ = client.shutdown();
+            }
+            Err(format!(
+                "{case}: expected Error::RuntimeDir, but connect succeeded (daemon pid {pid:?})"
+            ))
+        }
+    }
+}
+
+#[test]
+fn a_base_directory_anyone_can_write_without_the_sticky_bit_is_refused() {
+    let env = TestEnv::new("base777");
+    let _reaper = Reaper::new(&[&env.name]);
+    chmod(&env.base, 0o777);
+    let refused = expect_runtime_dir_error(env.builder::<Counter>().connect(0), "base 0777", true);
+    let (_, reason) = refused.unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(
+        reason.contains("chmod") || reason.contains("sticky"),
+        "the reason says how to fix it: {reason}"
+    );
+
+    // With the sticky bit (like /tmp) nobody can replace another's entries: accepted.
+    chmod(&env.base, 0o1777);
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_eq!(counter.inc().unwrap(), 1);
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn a_live_daemons_secret_or_metadata_readable_by_others_is_refused_to_newcomers() {
+    let env = TestEnv::new("filemodes");
+    let _reaper = Reaper::new(&[&env.name]);
+    let first: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_eq!(first.inc().unwrap(), 1);
+    let mut failures = Vec::new();
+    for file in ["secret", "metadata.json"] {
+        let path = env.dir().join(file);
+        chmod(&path, 0o644);
+        let result = env.builder::<Counter>().connect(0);
+        chmod(&path, 0o600);
+        // A client that connected anyway reached the live daemon: leave it running.
+        match expect_runtime_dir_error(result, &format!("{file} 0644"), false) {
+            Ok((path, reason)) => {
+                if !format!("{} {reason}", path.display()).contains(file) {
+                    failures.push(format!(
+                        "{file} 0644: the error names neither path nor file: {} {reason}",
+                        path.display()
+                    ));
+                }
+            }
+            Err(failure) => failures.push(failure),
+        }
+    }
+    // The daemon was left alone; its client still works.
+    assert_eq!(first.inc().unwrap(), 2);
+    first.shutdown().unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_long_lived_client_revalidates_the_directory_and_never_reaches_an_impostor() {
+    let env = TestEnv::new("revalidate");
+    let attacker = TestEnv::new("attacker");
+    let _reaper = Reaper::new(&[&env.name, &attacker.name]);
+    chmod(&attacker.base, 0o700);
+
+    let victim: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_eq!(victim.inc().unwrap(), 1);
+    let victim_pid = victim.pid().unwrap();
+
+    // The impostor: a real daemon of the same service, init and secret of its own.
+    let impostor: CounterClient = attacker
+        .builder::<Counter>()
+        .idle_ttl(Duration::from_secs(30))
+        .connect(0)
+        .unwrap();
+    for _ in 0..5 {
+        impostor.inc().unwrap();
+    }
+    let served_before = impostor.ping().unwrap().calls_served;
+
+    victim.shutdown().unwrap();
+    assert!(!alive(victim_pid));
+    std::fs::rename(env.dir(), env.base.join(format!("{}.moved", env.name))).unwrap();
+    std::os::unix::fs::symlink(attacker.dir(), env.dir()).unwrap();
+
+    let result = victim.inc();
+    let served_after = impostor.ping().unwrap().calls_served;
+    let report = format!(
+        "the long-lived client's call through the symlink: {result:?}; \
+         impostor calls served {served_before} -> {served_after}"
+    );
+    let _ = std::fs::remove_file(env.dir());
+    impostor.shutdown().unwrap();
+    assert_eq!(
+        served_after, served_before,
+        "the impostor was reached: {report}"
+    );
+    assert!(
+        matches!(result, Err(Error::RuntimeDir { .. })),
+        "expected Error::RuntimeDir: {report}"
+    );
+}
+
+/// A uid nobody uses: the other user of the root-only tests.
+const OTHER_UID: u32 = 54321;
+
+#[test]
+fn a_base_directory_owned_by_another_user_is_refused() {
+    if !is_root() {
+        eprintln!(
+            "skipping a_base_directory_owned_by_another_user_is_refused: \
+             chown to another uid needs root"
+        );
+        return;
+    }
+    let env = TestEnv::new("baseowner");
+    let _reaper = Reaper::new(&[&env.name]);
+    let base = env.base.join("theirs");
+    std::fs::create_dir(&base).unwrap();
+    std::os::unix::fs::chown(&base, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    chmod(&base, 0o755);
+    let result = Builder::<Counter>::new()
+        .runtime_dir(&base)
+        .name(&env.name)
+        .idle_ttl(Duration::from_secs(3))
+        .connect(0);
+    let (_, reason) = expect_runtime_dir_error(result, "base owned by another uid", true)
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(
+        reason.contains("own") || reason.contains(&OTHER_UID.to_string()),
+        "the reason names the owner: {reason}"
+    );
+}
+
+/// A loopback listener that counts connections (and answers none); stops on drop.
+struct Listener {
+    port: u16,
+    accepted: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let accepted = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok(_) => {
+                            accepted.fetch_add(1, Ordering::AcqRel);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        Listener {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Replaces the value of `"key": value` in pretty-printed metadata JSON.
+fn set_field(json: &str, key: &str, value: &str) -> String {
+    let pattern = format!("\"{key}\": ");
+    let at = json.find(&pattern).unwrap() + pattern.len();
+    let end = at + json[at..].find([',', '\n']).unwrap();
+    format!("{}{value}{}", &json[..at], &json[end..])
+}
+
+#[test]
+fn in_a_shared_sticky_base_entries_of_another_user_are_refused_before_any_connection() {
+    if !is_root() {
+        eprintln!(
+            "skipping in_a_shared_sticky_base_entries_of_another_user_are_refused_before_any_connection: \
+             acting as another uid needs root"
+        );
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::new("stickyshared");
+    let donor = TestEnv::new("donor");
+    let _reaper = Reaper::new(&[&env.name, &donor.name]);
+    let mut failures = Vec::new();
+
+    // A /tmp-like base: sticky, world-writable, owned by root. The other user made
+    // `<name>` first (0777) and planted a metadata file naming a live daemon (a real
+    // one's pid and start time) at a port where a listener counts connections. (The
+    // owner check of `<name>` refuses this already; kept so that it stays refused.)
+    let shared = env.base.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o1777);
+    let planted = shared.join(&env.name);
+    let made = Command::new("mkdir")
+        .arg("-m")
+        .arg("0777")
+        .arg(&planted)
+        .uid(OTHER_UID)
+        .gid(OTHER_UID)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkdir as uid {OTHER_UID}");
+    let live: CounterClient = donor.builder::<Counter>().connect(0).unwrap();
+    let listener = Listener::start();
+    let metadata = std::fs::read_to_string(donor.metadata_path()).unwrap();
+    let forged = set_field(&metadata, "port", &listener.port.to_string());
+    std::fs::write(planted.join("metadata.json"), forged).unwrap();
+    std::fs::copy(donor.dir().join("secret"), planted.join("secret")).unwrap();
+    for file in ["metadata.json", "secret"] {
+        std::os::unix::fs::chown(planted.join(file), Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    }
+    let result = Builder::<Counter>::new()
+        .runtime_dir(&shared)
+        .name(&env.name)
+        .idle_ttl(Duration::from_secs(3))
+        .connect_timeout(Duration::from_secs(1))
+        .start_timeout(Duration::from_secs(3))
+        .connect(0);
+    match expect_runtime_dir_error(result, "<name> made by another uid in a sticky base", true) {
+        Ok((_, reason)) if !(reason.contains("own") || reason.contains(&OTHER_UID.to_string())) => {
+            failures.push(format!("the reason does not name the owner: {reason}"));
+        }
+        Ok(_) => {}
+        Err(failure) => failures.push(failure),
+    }
+    let accepted = listener.accepted.load(Ordering::Acquire);
+    if accepted != 0 {
+        failures.push(format!(
+            "the client connected to the planted port ({accepted} connections)"
+        ));
+    }
+    drop(listener);
+    live.shutdown().unwrap();
+
+    // A sticky base owned by another user: its owner may rename or delete anything in
+    // it, `<name>` included, so nothing in it can be trusted. (Accepted today.)
+    let theirs = env.base.join("theirs-sticky");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    chmod(&theirs, 0o1777);
+    let result = Builder::<Counter>::new()
+        .runtime_dir(&theirs)
+        .name(&env.name)
+        .idle_ttl(Duration::from_secs(3))
+        .connect(0);
+    if let Err(failure) =
+        expect_runtime_dir_error(result, "a sticky base owned by another uid", true)
+    {
+        failures.push(failure);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
