@@ -166,3 +166,199 @@ impl Limits {
         std::process::id()
     }
 }
+
+/// A counter that persists itself: `#[init]` loads the value from a file, `Drop` writes
+/// it back. Every daemon of one name shares the file, so a successor that is built
+/// before its predecessor was dropped starts from a stale value (a lost update), which
+/// is what the retirement-ordering tests (`tests/trust.rs`) look for.
+///
+/// Beside the value file it keeps `<path>.live`, naming the pid of the instance that
+/// exists now: a constructor that finds it (another instance is not dropped yet)
+/// appends a line to `<path>.overlaps`. Every construction and drop is appended to
+/// `<path>.history`, for the failure reports.
+pub struct Journal {
+    path: std::path::PathBuf,
+    value: u64,
+}
+
+impl Journal {
+    /// How long `Drop` waits before writing: widens the window in which a successor
+    /// could be built beside the instance being dropped.
+    pub const DROP_DELAY: Duration = Duration::from_millis(50);
+
+    /// The value persisted at `path` (0 if none).
+    pub fn persisted(path: &std::path::Path) -> u64 {
+        match std::fs::read_to_string(path) {
+            Ok(text) => text.trim().parse().expect("a journal holds a number"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => panic!("reading {}: {error}", path.display()),
+        }
+    }
+
+    /// What the constructors recorded about instances alive at once ("" if none).
+    pub fn overlaps(path: &std::path::Path) -> String {
+        std::fs::read_to_string(sibling(path, "overlaps")).unwrap_or_default()
+    }
+
+    /// Every construction and drop, in order ("" if none).
+    pub fn history(path: &std::path::Path) -> String {
+        std::fs::read_to_string(sibling(path, "history")).unwrap_or_default()
+    }
+}
+
+/// `<path>.<extension>`, next to `path`.
+fn sibling(path: &std::path::Path, extension: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(extension);
+    name.into()
+}
+
+/// Writes `text` to `path` through a temporary file and a rename.
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = sibling(path, &format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, text).expect("writing the journal");
+    std::fs::rename(&tmp, path).expect("renaming the journal");
+}
+
+/// Appends one line to `<path>.<extension>`.
+fn append_line(path: &std::path::Path, extension: &str, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(sibling(path, extension))
+        .expect("opening a journal log");
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("writing a journal log");
+}
+
+#[local_singleton(name = "suite-journal")]
+impl Journal {
+    /// Loads the value persisted at `path` (0 if none).
+    #[init]
+    pub fn new(path: String) -> Self {
+        let path = std::path::PathBuf::from(path);
+        let me = std::process::id();
+        // Looked at before loading: an instance not dropped yet when the value is read
+        // is still named here.
+        let previous = std::fs::read_to_string(sibling(&path, "live"));
+        let value = Journal::persisted(&path);
+        if let Ok(previous) = previous {
+            append_line(
+                &path,
+                "overlaps",
+                &format!(
+                    "pid {me} was built (loading {value}) while pid {} was not dropped yet",
+                    previous.trim()
+                ),
+            );
+        }
+        write_atomically(&sibling(&path, "live"), &me.to_string());
+        append_line(&path, "history", &format!("pid {me} built, loaded {value}"));
+        Journal { path, value }
+    }
+
+    /// Adds one.
+    pub fn inc(&mut self) -> u64 {
+        self.value += 1;
+        self.value
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.value
+    }
+
+    /// Sleeps, then adds one (a call in flight).
+    pub async fn slow_inc(&mut self, millis: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        self.value += 1;
+        self.value
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let me = std::process::id();
+        std::thread::sleep(Journal::DROP_DELAY);
+        write_atomically(&self.path, &self.value.to_string());
+        append_line(
+            &self.path,
+            "history",
+            &format!("pid {me} dropped, wrote {}", self.value),
+        );
+        let live = sibling(&self.path, "live");
+        if std::fs::read_to_string(&live).is_ok_and(|pid| pid.trim() == me.to_string()) {
+            let _ = std::fs::remove_file(live);
+        }
+    }
+}
+
+/// A service whose constructor takes `millis` milliseconds (longer than an idle TTL).
+pub struct SlowStart;
+
+#[local_singleton(name = "suite-slow-start")]
+impl SlowStart {
+    /// Sleeps `millis` milliseconds before the instance exists.
+    #[init]
+    pub fn new(millis: u64) -> Self {
+        std::thread::sleep(Duration::from_millis(millis));
+        SlowStart
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    /// Answers.
+    pub fn hello(&self) -> String {
+        "hello".to_string()
+    }
+}
+
+/// A service whose methods connect to their own singleton and call it: a call that
+/// waits for the daemon running it.
+#[derive(Default)]
+pub struct SelfCaller;
+
+#[local_singleton(name = "suite-self-caller")]
+impl SelfCaller {
+    /// Connects to the singleton `name` under `base` (this very daemon) with a 3 s call
+    /// timeout and calls `hello` on it; returns the outcome as `{:?}`.
+    pub fn call_self(&self, base: String, name: String) -> String {
+        let outcome = SelfCallerClient::builder()
+            .runtime_dir(base)
+            .name(name)
+            .call_timeout(Duration::from_secs(3))
+            .connect(())
+            .and_then(|client| client.hello());
+        format!("{outcome:?}")
+    }
+
+    /// [`call_self`](Self::call_self) with the async client, from an `async fn`.
+    pub async fn call_self_async(&self, base: String, name: String) -> String {
+        let outcome = match SelfCallerClient::builder()
+            .runtime_dir(base)
+            .name(name)
+            .call_timeout(Duration::from_secs(3))
+            .connect_async(())
+            .await
+        {
+            Ok(client) => client.hello().await,
+            Err(error) => Err(error),
+        };
+        format!("{outcome:?}")
+    }
+
+    /// Answers.
+    pub fn hello(&self) -> String {
+        "hello".to_string()
+    }
+}
