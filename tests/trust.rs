@@ -384,7 +384,10 @@ fn sigterm_with_a_call_in_flight_persists_every_acknowledged_increment() {
         let newcomers = churn(&world, 2, 500, Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(10));
         sigterm(pid);
-        world.tally.call(slow.join().unwrap());
+        // SIGTERM lets the call in flight finish: it is acknowledged, not lost.
+        let slow = slow.join().unwrap();
+        assert!(slow.is_ok(), "round {round}: the call in flight: {slow:?}");
+        world.tally.call(slow);
         assert!(
             wait_gone(pid, Duration::from_secs(10)),
             "round {round}: the daemon did not exit after SIGTERM"
@@ -484,6 +487,40 @@ fn an_idle_ttl_of_0_ms_still_serves_the_client_that_started_the_daemon() {
 #[test]
 fn an_idle_ttl_of_1_ms_still_serves_the_client_that_started_the_daemon() {
     tiny_ttl_serves_the_starter(Duration::from_millis(1));
+}
+
+/// Several processes' worth of clients connect at once to a name with an idle TTL of
+/// zero: whoever starts the daemon, and whoever comes and goes before the starter dials
+/// it, every `connect` and call succeeds.
+#[test]
+fn with_an_idle_ttl_of_0_ms_clients_connecting_at_once_are_all_served() {
+    let env = Arc::new(TestEnv::new("ttl0crowd"));
+    let _reaper = Reaper::new(&[&env.name]);
+    let mut failures = Vec::new();
+    for round in 0..10 {
+        let start = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (env, start) = (Arc::clone(&env), Arc::clone(&start));
+                std::thread::spawn(move || -> Result<u32, Error> {
+                    start.wait();
+                    let client: SlowStartClient = Builder::<SlowStart>::new()
+                        .runtime_dir(&env.base)
+                        .name(&env.name)
+                        .idle_ttl(Duration::ZERO)
+                        .call_timeout(Duration::from_secs(10))
+                        .connect(0)?;
+                    client.pid()
+                })
+            })
+            .collect();
+        for thread in threads {
+            if let Err(error) = thread.join().unwrap() {
+                failures.push(format!("round {round}: {error}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1010,6 +1047,8 @@ fn in_a_shared_sticky_base_entries_of_another_user_are_refused_before_any_connec
     let shared = env.base.join("shared");
     std::fs::create_dir(&shared).unwrap();
     chmod(&shared, 0o1777);
+    // The other user must be able to reach the shared directory.
+    chmod(&env.base, 0o755);
     let planted = shared.join(&env.name);
     let made = Command::new("mkdir")
         .arg("-m")

@@ -238,6 +238,8 @@ struct Endpoint {
     /// The protocol version the daemon published in its metadata (a private file of
     /// ours, so trustworthy, unlike what a process on the port may claim).
     protocol: u16,
+    /// For the daemon this client started: the token that tells it its starter came.
+    starter: Option<wire::Nonce>,
 }
 
 /// One authenticated connection with its reusable buffer.
@@ -408,24 +410,10 @@ impl<S: Service> Client<S> {
             .unwrap_or_else(|| S::NAME.to_string());
         let base = runtime_dir::base_dir(builder.options.dir.as_deref())?;
         let dir = RuntimeDir::open(&base, &name)?;
-        let encoded = postcard::to_stdvec(&init).map_err(|error| Error::StartFailed {
-            name: name.clone(),
-            reason: format!("the init arguments do not encode: {error}"),
-        })?;
-        let fingerprint = wire::init_fingerprint(init).map_err(|error| Error::StartFailed {
-            name: name.clone(),
-            reason: format!("the init arguments do not encode: {error}"),
-        })?;
+        let launch = Launch::new(name.clone(), base, builder.options.clone(), init)?;
         let inner = Inner {
-            init: (!builder.attach).then_some(fingerprint),
-            launch: Launch {
-                name: name.clone(),
-                base,
-                options: builder.options.clone(),
-                init: encoded,
-                init_fingerprint: fingerprint,
-                init_description: wire::describe(&init),
-            },
+            init: (!builder.attach).then_some(launch.init_fingerprint),
+            launch,
             name,
             dir,
             service_id: S::SERVICE_ID,
@@ -950,11 +938,19 @@ impl Inner {
             pid,
             instance,
             protocol: wire::PROTOCOL_VERSION,
+            starter: self.launch.starter,
         };
-        match self.dial(&endpoint) {
-            Ok(connection) => Ok((connection, endpoint)),
-            Err(DialError::Stale(error) | DialError::Busy(error) | DialError::Fatal(error)) => {
-                Err(error)
+        // The daemon we started keeps its first handshake timeout for us whatever its
+        // idle TTL; a busy moment (a loaded machine) is worth another try.
+        loop {
+            match self.dial(&endpoint) {
+                Ok(connection) => return Ok((connection, endpoint)),
+                Err(DialError::Busy(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(DialError::Stale(error) | DialError::Busy(error) | DialError::Fatal(error)) => {
+                    return Err(error);
+                }
             }
         }
     }
@@ -963,15 +959,11 @@ impl Inner {
     /// Files that cannot be trusted (another owner, open permissions) are an error, not
     /// stale state: they are not ours to remove.
     fn probe(&self, dir: &RuntimeDir) -> Probe {
-        let metadata = match dir.read_metadata() {
+        let metadata = match dir.live_daemon() {
             Ok(Some(metadata)) => metadata,
             Ok(None) => return Probe::Absent,
-            Err(error @ Error::RuntimeDir { .. }) => return Probe::Fatal(error),
-            Err(_) => return Probe::Absent,
+            Err(error) => return Probe::Fatal(error),
         };
-        if !runtime_dir::daemon_alive(&metadata) {
-            return Probe::Absent;
-        }
         let secret = match dir.read_secret() {
             Ok(Some(secret)) => secret,
             Ok(None) => return Probe::Absent,
@@ -984,6 +976,7 @@ impl Inner {
             pid: metadata.pid,
             instance: metadata.instance,
             protocol: metadata.protocol,
+            starter: None,
         };
         match self.dial(&endpoint) {
             Ok(connection) => Probe::Found(connection, endpoint),
@@ -1073,6 +1066,7 @@ impl Inner {
                 .as_bytes(),
             schema: self.schema,
             init: self.init,
+            starter: endpoint.starter,
         };
         wire::encode_frame(&auth, &mut buf);
         reader.get_ref().write_all(&buf).map_err(lost)?;

@@ -87,9 +87,10 @@ impl ServeOptions {
     /// How long the daemon lives with no client connected (default 2 s), counted from
     /// the moment the last authenticated client left; `None` keeps it until `shutdown`.
     ///
-    /// Before its first client, a daemon also waits out the handshake timeout on top of
-    /// the TTL: the client that started it is always served, however slow the
-    /// constructor or short the TTL, and a daemon whose starter died still retires.
+    /// Until the client that started it has connected, a daemon waits a handshake
+    /// timeout longer than the TTL: that client is always served, however slow the
+    /// constructor or short the TTL (zero included), and a daemon whose starter died
+    /// still retires.
     pub fn idle_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.idle_ttl = ttl;
         self
@@ -126,6 +127,33 @@ pub(crate) struct Launch {
     /// bytes, it would depend on the order of the starter's maps.
     pub init_fingerprint: Fingerprint,
     pub init_description: String,
+    /// Shown by the client that starts the daemon in its handshake (see
+    /// [`wire::Auth::starter`]); `None` for a host with no starter to wait for.
+    pub starter: Option<wire::Nonce>,
+}
+
+impl Launch {
+    /// The launch of `name` under `base` with `init` as the constructor's arguments.
+    pub(crate) fn new<T: Serialize>(
+        name: String,
+        base: PathBuf,
+        options: ServeOptions,
+        init: &T,
+    ) -> Result<Self, Error> {
+        let unencodable = |error: &dyn std::fmt::Display| Error::StartFailed {
+            name: name.clone(),
+            reason: format!("the init arguments do not encode: {error}"),
+        };
+        Ok(Launch {
+            init: postcard::to_stdvec(init).map_err(|error| unencodable(&error))?,
+            init_fingerprint: wire::init_fingerprint(init).map_err(|error| unencodable(&error))?,
+            init_description: wire::describe(init),
+            starter: Some(wire::random_bytes()),
+            name,
+            base,
+            options,
+        })
+    }
 }
 
 /// The pre-main hook emitted by `#[local_singleton]`: becomes the daemon of `S` if this
@@ -202,29 +230,17 @@ pub(crate) fn serve<S: Service>(init: S::Init, options: ServeOptions) -> Result<
     let base = runtime_dir::base_dir(options.dir.as_deref())?;
     let dir = RuntimeDir::open(&base, &name)?;
     let lock = dir.lock(Duration::from_secs(10))?;
-    if let Ok(Some(metadata)) = dir.read_metadata() {
-        if runtime_dir::daemon_alive(&metadata) {
-            return Err(Error::StartFailed {
-                name,
-                reason: format!("a daemon already runs (pid {})", metadata.pid),
-            });
-        }
+    if let Some(metadata) = dir.live_daemon()? {
+        return Err(Error::StartFailed {
+            name,
+            reason: format!("a daemon already runs (pid {})", metadata.pid),
+        });
     }
     // A predecessor may still be retiring: `start` waits for its instance lock.
     dir.remove_stale()?;
     let launch = Launch {
-        name,
-        base,
-        options,
-        init: postcard::to_stdvec(&init).map_err(|error| Error::StartFailed {
-            name: S::NAME.into(),
-            reason: format!("init arguments do not encode: {error}"),
-        })?,
-        init_fingerprint: wire::init_fingerprint(&init).map_err(|error| Error::StartFailed {
-            name: S::NAME.into(),
-            reason: format!("init arguments do not encode: {error}"),
-        })?,
-        init_description: wire::describe(&init),
+        starter: None,
+        ..Launch::new(name, base, options, &init)?
     };
     run::<S>(
         &dir,
@@ -252,13 +268,16 @@ struct Shared {
     /// Connections still in their handshake (capped by `MAX_PENDING_HANDSHAKES`).
     handshaking: AtomicU32,
     /// When the last authenticated connection closed (or, before the first one, when
-    /// the host started serving), in milliseconds since `started`: the idle TTL runs
+    /// the host published itself), in milliseconds since `started`: the idle TTL runs
     /// from there.
     idle_since_ms: AtomicU64,
-    /// Whether any client has authenticated yet: until one has, the idle TTL is
-    /// extended by the handshake timeout, so that the client that started the daemon is
-    /// served whatever its constructor's duration or the TTL.
-    served_anyone: AtomicBool,
+    /// The token of the client that started the host, if any (see `wire::Auth`).
+    starter: Option<wire::Nonce>,
+    /// Until the starter has authenticated (or, with no starter, any client), the idle
+    /// TTL runs a handshake timeout longer: the client that started the host is served
+    /// whatever the constructor's duration or the TTL, even if other clients came and
+    /// went before it, and a host whose starter died still retires.
+    starter_arrived: AtomicBool,
     calls_served: AtomicU64,
     shutting_down: AtomicBool,
     /// Wakes the front thread: a connection closed, or shutdown was asked for.
@@ -279,7 +298,7 @@ impl Shared {
         }
         let since =
             self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        let grace = if self.served_anyone.load(Ordering::Acquire) {
+        let grace = if self.starter_arrived.load(Ordering::Acquire) {
             Duration::ZERO
         } else {
             self.options.handshake_timeout
@@ -388,7 +407,8 @@ fn start<S: Service>(
         connections: AtomicU32::new(0),
         handshaking: AtomicU32::new(0),
         idle_since_ms: AtomicU64::new(0),
-        served_anyone: AtomicBool::new(false),
+        starter: launch.starter,
+        starter_arrived: AtomicBool::new(false),
         calls_served: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         wake_front: Notify::new(),
@@ -622,7 +642,6 @@ async fn admit(
     if let Ok(Ok(())) = outcome {
         if let Ok(stream) = stream.into_std() {
             shared.connections.fetch_add(1, Ordering::AcqRel);
-            shared.served_anyone.store(true, Ordering::Release);
             let guard = ConnectionGuard(Arc::clone(&shared));
             // If the instance thread is gone, the guard comes back and is dropped here.
             let _ = to_instance.send(ToInstance::Connection(stream, guard));
@@ -697,7 +716,15 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     };
     let welcomed = matches!(verdict, wire::Verdict::Welcome { .. });
     write_message(stream, &verdict, &mut buf).await?;
-    if welcomed { Ok(()) } else { Err(()) }
+    if !welcomed {
+        return Err(());
+    }
+    // The starter's token proves nothing on its own: it counts only from a client that
+    // proved the secret. Without a starter, any first client ends the grace.
+    if shared.starter.is_none() || auth.starter == shared.starter {
+        shared.starter_arrived.store(true, Ordering::Release);
+    }
+    Ok(())
 }
 
 async fn write_message<T: Serialize>(
@@ -812,7 +839,14 @@ async fn connection_loop<S: Service>(
             break Err(());
         };
         // Replies accumulate in `output` while requests already received wait behind
-        // this one (see below); each starts its own frame at the end.
+        // this one (see below); each starts its own frame at the end. A call that must
+        // wait for the instance (another call runs, or the host is retiring) sends the
+        // replies of the calls that already ran first: they are not held hostage, and
+        // not lost if the host retires meanwhile.
+        if !output.is_empty() && kind == wire::KIND_CALL && instance.try_lock().is_err() {
+            writer.write_all(output).await.map_err(drop)?;
+            output.clear();
+        }
         let start = output.len();
         match kind {
             wire::KIND_CALL => run_call(instance, shared, id, body, output).await,
@@ -1086,7 +1120,8 @@ pub(crate) mod fuzz {
             connections: AtomicU32::new(1),
             handshaking: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
-            served_anyone: AtomicBool::new(true),
+            starter: None,
+            starter_arrived: AtomicBool::new(true),
             calls_served: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             wake_front: Notify::new(),

@@ -352,6 +352,7 @@ mod tests {
                 proof: [9; 32],
                 schema: Echo::SCHEMA,
                 init: Some(1),
+                starter: None,
             },
             &mut frame,
         );

@@ -270,6 +270,18 @@ impl RuntimeDir {
         })
     }
 
+    /// The metadata of the daemon that runs now, if any: `Ok(None)` when there is no
+    /// metadata, or a corrupt one, or it names a process that is gone (stale state);
+    /// [`Error::RuntimeDir`] when the file cannot be trusted (not ours to judge or
+    /// remove).
+    pub(crate) fn live_daemon(&self) -> Result<Option<Metadata>, Error> {
+        match self.read_metadata() {
+            Ok(metadata) => Ok(metadata.filter(daemon_alive)),
+            Err(error @ Error::RuntimeDir { .. }) => Err(error),
+            Err(_) => Ok(None),
+        }
+    }
+
     pub(crate) fn write_metadata(&self, metadata: &Metadata) -> Result<(), Error> {
         let json = serde_json::to_vec_pretty(metadata).expect("metadata serializes");
         self.write_atomically(METADATA, &json)
@@ -367,7 +379,9 @@ impl RuntimeDir {
             INSTANCE_LOCK,
             timeout,
             "the instance lock",
-            "the previous daemon is still retiring: finishing a call or dropping its instance",
+            "a previous daemon of this name still holds it: either it is retiring (finishing a \
+             call or dropping its instance), or it runs but cannot be reached any more because \
+             its secret or metadata were removed or changed; then stop it",
         )
     }
 
@@ -467,7 +481,7 @@ mod platform {
     use std::fs::File;
     use std::io;
     use std::os::fd::{AsFd, OwnedFd};
-    use std::path::Path;
+    use std::path::{Component, Path, PathBuf};
 
     use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
@@ -524,26 +538,68 @@ mod platform {
         Ok(())
     }
 
-    /// Opens the base directory after checking it and every directory above it.
+    /// Opens the base directory after checking it and every directory above it. The
+    /// walk goes down from `/` one component at a time, never following a link, and
+    /// checks each directory through the handle it opened: a directory swapped during
+    /// the walk is refused, never checked in the place of another.
     pub(super) fn open_base(base: &Path) -> Result<OwnedFd, Error> {
+        check_links_in(base)?;
         let canonical = std::fs::canonicalize(base)
             .map_err(|error| refuse(base, format!("cannot resolve it: {error}")))?;
-        let handle = rustix::fs::open(
-            &canonical,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|error| refuse(base, format!("cannot open it: {error}")))?;
-        let stat = rustix::fs::fstat(&handle)
-            .map_err(|error| refuse(base, format!("cannot inspect it: {error}")))?;
-        check_guarding_dir(&stat, base)?;
-        // The directories above: each could rename the one below it.
-        for ancestor in canonical.ancestors().skip(1) {
-            let stat = rustix::fs::stat(ancestor)
-                .map_err(|error| refuse(ancestor, format!("cannot inspect it: {error}")))?;
-            check_guarding_dir(&stat, ancestor)?;
+        // O_PATH needs no read permission on the directories above (Linux).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let access = OFlags::PATH;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let access = OFlags::RDONLY;
+        let flags = access | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut walked = PathBuf::from("/");
+        let mut handle = rustix::fs::open(&walked, flags, Mode::empty())
+            .map_err(|error| refuse(&walked, format!("cannot open it: {error}")))?;
+        loop {
+            let stat = rustix::fs::fstat(&handle)
+                .map_err(|error| refuse(&walked, format!("cannot inspect it: {error}")))?;
+            check_guarding_dir(&stat, &walked)?;
+            let Some(next) = canonical.components().nth(walked.components().count()) else {
+                return Ok(handle);
+            };
+            let Component::Normal(name) = next else {
+                return Err(refuse(base, "its resolved path is not plain".into()));
+            };
+            walked.push(name);
+            handle = rustix::fs::openat(&handle, name, flags, Mode::empty()).map_err(|error| {
+                refuse(
+                    &walked,
+                    format!("cannot open it ({error}); was it replaced while being checked?"),
+                )
+            })?;
         }
-        Ok(handle)
+    }
+
+    /// The symbolic links on the way to `base` as configured: each decides where the
+    /// base is, so each must belong to you or to root.
+    fn check_links_in(base: &Path) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        for prefix in base
+            .ancestors()
+            .filter(|prefix| !prefix.as_os_str().is_empty())
+        {
+            let Ok(metadata) = std::fs::symlink_metadata(prefix) else {
+                continue;
+            };
+            if metadata.file_type().is_symlink() && metadata.uid() != me && metadata.uid() != 0 {
+                return Err(refuse(
+                    prefix,
+                    format!(
+                        "it is a symbolic link owned by uid {}, not by you (uid {me}) or root, so \
+                         that user decides where your runtime directory is; point {DIR_ENV} at a \
+                         directory of your own",
+                        metadata.uid()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Creates (0700) and opens `name` inside the base, refusing a symbolic link, and
@@ -624,7 +680,8 @@ mod platform {
                 "regular file",
                 ", so it cannot be trusted",
                 format!(
-                    "rm {0}` and let the daemon restart, or `chmod 600 {0}",
+                    "chmod 600 {}` and restart the daemon, whose secret may have been read \
+                     (`shutdown()` it or stop its process; the next connect starts a fresh one",
                     path.display()
                 ),
             ),
@@ -643,10 +700,11 @@ mod platform {
             ));
         }
         if mode(&stat) & 0o077 != 0 {
+            let close = if kind == Private::File { ")" } else { "`" };
             return Err(refuse(
                 path,
                 format!(
-                    "its permissions {:o} let other users in{trust}; run `{fix}`",
+                    "its permissions {:o} let other users in{trust}; run `{fix}{close}",
                     mode(&stat) & 0o777,
                 ),
             ));
@@ -728,6 +786,9 @@ mod tests {
             u64::from_le_bytes(crate::wire::random_bytes())
         ));
         fs::create_dir_all(&dir).unwrap();
+        // Private whatever the umask: a group-writable base is refused.
+        #[cfg(unix)]
+        chmod(&dir, 0o700);
         dir
     }
 

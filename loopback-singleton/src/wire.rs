@@ -74,6 +74,10 @@ pub(crate) struct Auth {
     pub schema: Fingerprint,
     /// `None` attaches to whatever instance runs, whatever its init arguments.
     pub init: Option<Fingerprint>,
+    /// The token of the client that started the daemon (from its launch description,
+    /// which only that client and the daemon know): its arrival ends the daemon's grace
+    /// before its first idle retirement.
+    pub starter: Option<Nonce>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -28,6 +28,9 @@ impl TestEnv {
             std::env::temp_dir().join(format!("ls-test-{}-{seq}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
+        // Private whatever the umask: a group-writable base is refused.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
         TestEnv {
             base,
             name: format!("{test}-{}-{seq}", std::process::id()),

@@ -32,6 +32,7 @@ pub struct Auth {
     pub proof: [u8; 32],
     pub schema: u64,
     pub init: Option<u64>,
+    pub starter: Option<[u8; 32]>,
 }
 
 /// Only `Welcome` is decoded here; anything else fails the test that expects it.
@@ -132,6 +133,7 @@ pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: u64) {
         proof,
         schema,
         init: None,
+        starter: None,
     };
     send(stream, &auth).unwrap();
 }
