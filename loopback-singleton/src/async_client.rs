@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{self, Builder, Client, lock};
 use crate::error::Error;
+use crate::protocol::{self, DaemonInfo, FrameError};
 use crate::service::Service;
-use crate::wire::{self, DaemonInfo, FrameError};
 
 /// The untyped async client underneath a generated `<Type>AsyncClient`: cheap to clone,
 /// `Send + Sync`. Calls from any number of tasks share one connection; the daemon still
@@ -183,7 +183,7 @@ impl<S: 'static> AsyncClient<S> {
         R: DeserializeOwned + 'static,
         A: Serialize + ?Sized,
     {
-        let request = self.request(wire::KIND_CALL, |buf| {
+        let request = self.request(protocol::Kind::Call, |buf| {
             client::encode_call(buf, method, args)
         });
         let core = Arc::clone(&self.core);
@@ -196,7 +196,7 @@ impl<S: 'static> AsyncClient<S> {
 
     /// Asks the daemon about itself: pid, uptime, calls served, connected clients.
     pub async fn ping(&self) -> Result<DaemonInfo, Error> {
-        let (id, frame) = self.request(wire::KIND_PING, |_| Ok(()))?;
+        let (id, frame) = self.request(protocol::Kind::Ping, |_| Ok(()))?;
         let reply = self.core.exchange(id, frame).await?;
         client::decode_reply(&reply[client::reply_body(&reply, id)?..])
     }
@@ -231,15 +231,15 @@ impl<S: 'static> AsyncClient<S> {
     /// Encodes a request frame with a fresh call id.
     fn request(
         &self,
-        kind: u8,
+        kind: protocol::Kind,
         encode_body: impl FnOnce(&mut Vec<u8>) -> Result<(), Error>,
     ) -> Result<(u64, Vec<u8>), Error> {
         let id = self.core.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
-        wire::begin_message(&mut frame, id, kind);
+        protocol::append_header(&mut frame, id, kind);
         encode_body(&mut frame)?;
         client::check_frame_limit(&frame, self.core.max_frame)?;
-        wire::finish_frame(&mut frame);
+        protocol::close_frame(&mut frame, 0);
         Ok((id, frame))
     }
 }
@@ -425,8 +425,8 @@ async fn read_replies(
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     loop {
         let mut payload = Vec::new();
-        let failure = match wire::read_frame_async(&mut reader, &mut payload, max_frame).await {
-            Ok(()) => match wire::split_header("reply", &payload) {
+        let failure = match protocol::read_frame_async(&mut reader, &mut payload, max_frame).await {
+            Ok(()) => match protocol::split_reply(&payload) {
                 Ok((id, _, _)) => {
                     if let Some(reply) = lock(&waiters).replies.remove(&id) {
                         let _ = reply.send(Ok(payload));

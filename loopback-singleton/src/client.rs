@@ -14,11 +14,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::daemon::{Launch, ServeOptions};
-use crate::error::{Error, ProtocolError, RemoteError};
+use crate::error::Error;
+use crate::protocol::handshake::Role;
+use crate::protocol::{
+    self, DaemonInfo, Fingerprint, FrameError, ProtocolError, RemoteError, Secret,
+};
 use crate::runtime_dir::{self, HeldLock, RuntimeDir};
-use crate::service::{Fingerprint, Service};
+use crate::service::Service;
 use crate::spawn::{self, SpawnError};
-use crate::wire::{self, DaemonInfo, FrameError, Role, Secret};
 
 /// Configures a client before connecting: singleton name, idle TTL, timeouts, runtime
 /// directory, daemon executable.
@@ -239,7 +242,7 @@ struct Endpoint {
     /// ours, so trustworthy, unlike what a process on the port may claim).
     protocol: u16,
     /// For the daemon this client started: the token that tells it its starter came.
-    starter: Option<wire::Nonce>,
+    starter: Option<protocol::Nonce>,
 }
 
 /// One authenticated connection with its reusable buffer.
@@ -331,18 +334,15 @@ pub(crate) fn check_frame_limit(frame: &[u8], max_frame: u32) -> Result<(), Erro
 
 /// Where the body of the reply to call `id` starts in `payload`, or the daemon's error.
 pub(crate) fn reply_body(payload: &[u8], id: u64) -> Result<usize, Error> {
-    let (reply_id, status, body) = wire::split_header("reply", payload)?;
+    let (reply_id, status, body) = protocol::split_reply(payload)?;
     if reply_id != id {
         return Err(Error::Protocol(ProtocolError::Unexpected(format!(
             "reply to call {reply_id} while waiting for {id}"
         ))));
     }
     match status {
-        wire::STATUS_OK => Ok(payload.len() - body.len()),
-        wire::STATUS_ERR => Err(Error::Remote(wire::decode("remote error", body)?)),
-        other => Err(Error::Protocol(ProtocolError::Unexpected(format!(
-            "reply status {other}"
-        )))),
+        protocol::Status::Ok => Ok(payload.len() - body.len()),
+        protocol::Status::Err => Err(Error::Remote(protocol::decode("remote error", body)?)),
     }
 }
 
@@ -455,7 +455,7 @@ impl<S> Client<S> {
         args: &A,
     ) -> Result<R, Error> {
         self.inner
-            .request(wire::KIND_CALL, |buf| encode_call(buf, method, args))
+            .request(protocol::Kind::Call, |buf| encode_call(buf, method, args))
     }
 
     /// Runs method number `method` once per element of `calls`, pipelined on one
@@ -516,9 +516,9 @@ impl<S> Client<S> {
             while sent < window && (sent == 0 || batch.len() < BATCH_BYTES) {
                 let Some(args) = calls.next() else { break };
                 let start = batch.len();
-                wire::append_message(&mut batch, first_id + sent as u64, wire::KIND_CALL);
+                protocol::append_header(&mut batch, first_id + sent as u64, protocol::Kind::Call);
                 encode_call(&mut batch, method, &args)?;
-                wire::close_frame(&mut batch, start);
+                protocol::close_frame(&mut batch, start);
                 sent += 1;
             }
             if let Err(error) = connection.reader.get_ref().write_all(&batch) {
@@ -572,7 +572,7 @@ impl<S> Client<S> {
     /// # Ok::<(), loopback_singleton::Error>(())
     /// ```
     pub fn ping(&self) -> Result<DaemonInfo, Error> {
-        self.inner.request(wire::KIND_PING, |_| Ok(()))
+        self.inner.request(protocol::Kind::Ping, |_| Ok(()))
     }
 
     /// Makes sure a daemon runs, starting a fresh one (with this client's init
@@ -598,8 +598,9 @@ impl<S> Client<S> {
             };
             let pid = self.inner.endpoint().as_ref().map(|endpoint| endpoint.pid);
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            wire::begin_message(&mut connection.buf, id, wire::KIND_SHUTDOWN);
-            wire::finish_frame(&mut connection.buf);
+            connection.buf.clear();
+            protocol::append_header(&mut connection.buf, id, protocol::Kind::Shutdown);
+            protocol::close_frame(&mut connection.buf, 0);
             let result = self.inner.round_trip(&mut connection, id);
             self.inner.forget(connection.instance);
             match result {
@@ -645,12 +646,13 @@ impl Inner {
     /// One request-reply exchange; `encode_body` appends the request body.
     fn request<R: DeserializeOwned>(
         &self,
-        kind: u8,
+        kind: protocol::Kind,
         encode_body: impl FnOnce(&mut Vec<u8>) -> Result<(), Error>,
     ) -> Result<R, Error> {
         let mut connection = self.checkout()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        wire::begin_message(&mut connection.buf, id, kind);
+        connection.buf.clear();
+        protocol::append_header(&mut connection.buf, id, kind);
         // A request that cannot be encoded or sent leaves the connection as it was.
         let encoded = encode_body(&mut connection.buf)
             .and_then(|()| check_frame_limit(&connection.buf, connection.max_frame));
@@ -658,7 +660,7 @@ impl Inner {
             self.checkin(connection);
             return Err(error);
         }
-        wire::finish_frame(&mut connection.buf);
+        protocol::close_frame(&mut connection.buf, 0);
         connection.request_len = connection.buf.len();
         let body = match self.round_trip(&mut connection, id) {
             Ok(body) => body,
@@ -710,7 +712,7 @@ impl Inner {
     /// Reads the reply to call `id` into `connection.buf`; returns where its body starts.
     fn read_reply(&self, connection: &mut Connection, id: u64) -> Result<usize, Error> {
         let Connection { reader, buf, .. } = connection;
-        match wire::read_frame(reader, buf, self.max_frame) {
+        match protocol::read_frame(reader, buf, self.max_frame) {
             Ok(()) => {}
             Err(FrameError::Io(error)) => return Err(self.lost(error)),
             Err(FrameError::Protocol(error)) => return Err(Error::Protocol(error)),
@@ -937,7 +939,7 @@ impl Inner {
             secret,
             pid,
             instance,
-            protocol: wire::PROTOCOL_VERSION,
+            protocol: protocol::PROTOCOL_VERSION,
             starter: self.launch.starter,
         };
         // The daemon we started keeps its first handshake timeout for us whatever its
@@ -1016,26 +1018,27 @@ impl Inner {
         let mut reader = BufReader::with_capacity(64 << 10, stream);
         let mut buf = Vec::with_capacity(4096);
 
-        let nonce = wire::random_bytes();
-        let hello = wire::Hello {
-            magic: wire::MAGIC,
-            version: wire::PROTOCOL_VERSION,
+        let nonce = protocol::random_bytes();
+        let hello = protocol::handshake::Hello {
+            magic: protocol::MAGIC,
+            version: protocol::PROTOCOL_VERSION,
             nonce,
         };
-        wire::encode_frame(&hello, &mut buf);
+        protocol::encode_frame(&hello, &mut buf);
         reader.get_ref().write_all(&buf).map_err(lost)?;
-        let challenge: wire::Challenge = self.read_handshake(&mut reader, &mut buf, "challenge")?;
-        if challenge.magic != wire::MAGIC {
+        let challenge: protocol::handshake::Challenge =
+            self.read_handshake(&mut reader, &mut buf, "challenge")?;
+        if challenge.magic != protocol::MAGIC {
             return Err(DialError::Stale(Error::Protocol(ProtocolError::BadMagic)));
         }
         // Nothing an unproven peer says is acted on: a program that took over a
         // recycled port could claim any version. A daemon of another version is one
         // whose own metadata announced the version it now claims.
-        if challenge.version != wire::PROTOCOL_VERSION {
+        if challenge.version != protocol::PROTOCOL_VERSION {
             if challenge.version == endpoint.protocol {
                 return Err(DialError::Fatal(Error::ProtocolVersion {
                     name: self.name.clone(),
-                    client: wire::PROTOCOL_VERSION,
+                    client: protocol::PROTOCOL_VERSION,
                     daemon: challenge.version,
                 }));
             }
@@ -1046,7 +1049,7 @@ impl Inner {
                 )),
             )));
         }
-        if !wire::verify(
+        if !protocol::handshake::verify(
             &endpoint.secret,
             Role::Daemon,
             &nonce,
@@ -1061,14 +1064,19 @@ impl Inner {
                 ),
             }));
         }
-        let auth = wire::Auth {
-            proof: *wire::proof(&endpoint.secret, Role::Client, &nonce, &challenge.nonce)
-                .as_bytes(),
+        let auth = protocol::handshake::Auth {
+            proof: *protocol::handshake::proof(
+                &endpoint.secret,
+                Role::Client,
+                &nonce,
+                &challenge.nonce,
+            )
+            .as_bytes(),
             schema: self.schema,
             init: self.init,
             starter: endpoint.starter,
         };
-        wire::encode_frame(&auth, &mut buf);
+        protocol::encode_frame(&auth, &mut buf);
         reader.get_ref().write_all(&buf).map_err(lost)?;
         // The daemon has proved itself: whatever goes wrong from here is not stale state,
         // and must never get its files removed.
@@ -1079,26 +1087,32 @@ impl Inner {
                 other => other,
             })?;
         let (instance, max_frame) = match verdict {
-            wire::Verdict::Welcome {
+            protocol::handshake::Verdict::Welcome {
                 instance,
                 max_frame,
                 ..
             } => (instance, max_frame.min(self.max_frame)),
-            wire::Verdict::Rejected(wire::Rejection::Schema { daemon }) => {
+            protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Schema {
+                daemon,
+            }) => {
                 return Err(DialError::Fatal(Error::SchemaMismatch {
                     name: self.name.clone(),
                     client: self.schema,
                     daemon,
                 }));
             }
-            wire::Verdict::Rejected(wire::Rejection::Init { running }) => {
+            protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Init {
+                running,
+            }) => {
                 return Err(DialError::Fatal(Error::InitMismatch {
                     name: self.name.clone(),
                     wanted: self.launch.init_description.clone(),
                     running,
                 }));
             }
-            wire::Verdict::Rejected(wire::Rejection::ShuttingDown) => {
+            protocol::handshake::Verdict::Rejected(
+                protocol::handshake::Rejection::ShuttingDown,
+            ) => {
                 return Err(DialError::Busy(Error::Remote(RemoteError::ShuttingDown)));
             }
         };
@@ -1122,7 +1136,7 @@ impl Inner {
         buf: &mut Vec<u8>,
         what: &'static str,
     ) -> Result<T, DialError> {
-        match wire::read_frame(reader, buf, wire::MAX_HANDSHAKE_FRAME) {
+        match protocol::read_frame(reader, buf, protocol::MAX_HANDSHAKE_FRAME) {
             Ok(()) => {}
             // Closed or silent: a daemon retiring or overloaded, or not a daemon at all.
             Err(FrameError::Io(source)) => {
@@ -1135,6 +1149,6 @@ impl Inner {
                 return Err(DialError::Stale(Error::Protocol(error)));
             }
         }
-        wire::decode(what, buf).map_err(|error| DialError::Stale(Error::Protocol(error)))
+        protocol::decode(what, buf).map_err(|error| DialError::Stale(Error::Protocol(error)))
     }
 }

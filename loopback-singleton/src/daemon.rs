@@ -26,11 +26,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify, mpsc};
 
-use crate::error::{Error, RemoteError};
+use crate::error::Error;
+use crate::protocol::handshake::Role;
+use crate::protocol::{self, Fingerprint, FrameError, RemoteError, Secret};
 use crate::runtime_dir::{self, HeldLock, Metadata, RuntimeDir};
-use crate::service::{Dispatch, Fingerprint, Service};
+use crate::service::{Dispatch, Service};
 use crate::spawn::{self, Readiness, ReadySender};
-use crate::wire::{self, FrameError, Role, Secret};
 
 /// How a daemon runs: its name, where its files live, when it retires, and its limits.
 ///
@@ -63,7 +64,7 @@ impl Default for ServeOptions {
             dir: None,
             idle_ttl: Some(Duration::from_secs(2)),
             handshake_timeout: Duration::from_secs(5),
-            max_frame: wire::DEFAULT_MAX_FRAME,
+            max_frame: protocol::DEFAULT_MAX_FRAME,
             max_connections: 4096,
         }
     }
@@ -128,8 +129,8 @@ pub(crate) struct Launch {
     pub init_fingerprint: Fingerprint,
     pub init_description: String,
     /// Shown by the client that starts the daemon in its handshake (see
-    /// [`wire::Auth::starter`]); `None` for a host with no starter to wait for.
-    pub starter: Option<wire::Nonce>,
+    /// [`protocol::handshake::Auth::starter`]); `None` for a host with no starter to wait for.
+    pub starter: Option<protocol::Nonce>,
 }
 
 impl Launch {
@@ -146,9 +147,10 @@ impl Launch {
         };
         Ok(Launch {
             init: postcard::to_stdvec(init).map_err(|error| unencodable(&error))?,
-            init_fingerprint: wire::init_fingerprint(init).map_err(|error| unencodable(&error))?,
-            init_description: wire::describe(init),
-            starter: Some(wire::random_bytes()),
+            init_fingerprint: protocol::init_fingerprint(init)
+                .map_err(|error| unencodable(&error))?,
+            init_description: protocol::describe(init),
+            starter: Some(protocol::random_bytes()),
             name,
             base,
             options,
@@ -271,8 +273,8 @@ struct Shared {
     /// the host published itself), in milliseconds since `started`: the idle TTL runs
     /// from there.
     idle_since_ms: AtomicU64,
-    /// The token of the client that started the host, if any (see `wire::Auth`).
-    starter: Option<wire::Nonce>,
+    /// The token of the client that started the host, if any (see `protocol::handshake::Auth`).
+    starter: Option<protocol::Nonce>,
     /// Until the starter has authenticated (or, with no starter, any client), the idle
     /// TTL runs a handshake timeout longer: the client that started the host is served
     /// whatever the constructor's duration or the TTL, even if other clients came and
@@ -397,7 +399,7 @@ fn start<S: Service>(
     let shared = Arc::new(Shared {
         name: launch.name.clone(),
         pid: std::process::id(),
-        instance: u64::from_le_bytes(wire::random_bytes()),
+        instance: u64::from_le_bytes(protocol::random_bytes()),
         port,
         started: Instant::now(),
         schema: S::SCHEMA,
@@ -438,7 +440,7 @@ fn start<S: Service>(
         Err(_) => return Err(fail(ready, "the instance thread died".into())),
     }
 
-    let secret: Secret = wire::random_bytes();
+    let secret: Secret = protocol::random_bytes();
     let metadata = Metadata {
         port,
         pid: shared.pid,
@@ -448,7 +450,7 @@ fn start<S: Service>(
         schema: S::SCHEMA,
         init: shared.init,
         init_description: shared.init_description.clone(),
-        protocol: wire::PROTOCOL_VERSION,
+        protocol: protocol::PROTOCOL_VERSION,
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     if let Err(error) = dir
@@ -670,51 +672,51 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     secret: &Secret,
 ) -> Result<(), ()> {
     let mut buf = Vec::new();
-    wire::read_frame_async(stream, &mut buf, wire::MAX_HANDSHAKE_FRAME)
+    protocol::read_frame_async(stream, &mut buf, protocol::MAX_HANDSHAKE_FRAME)
         .await
         .map_err(drop)?;
-    let hello: wire::Hello = wire::decode("hello", &buf).map_err(drop)?;
-    if hello.magic != wire::MAGIC {
+    let hello: protocol::handshake::Hello = protocol::decode("hello", &buf).map_err(drop)?;
+    if hello.magic != protocol::MAGIC {
         return Err(());
     }
-    let nonce = wire::random_bytes();
-    let challenge = wire::Challenge {
-        magic: wire::MAGIC,
-        version: wire::PROTOCOL_VERSION,
+    let nonce = protocol::random_bytes();
+    let challenge = protocol::handshake::Challenge {
+        magic: protocol::MAGIC,
+        version: protocol::PROTOCOL_VERSION,
         nonce,
-        proof: *wire::proof(secret, Role::Daemon, &hello.nonce, &nonce).as_bytes(),
+        proof: *protocol::handshake::proof(secret, Role::Daemon, &hello.nonce, &nonce).as_bytes(),
     };
     write_message(stream, &challenge, &mut buf).await?;
-    if hello.version != wire::PROTOCOL_VERSION {
+    if hello.version != protocol::PROTOCOL_VERSION {
         // The client reads our version from the challenge and reports the mismatch.
         return Err(());
     }
-    wire::read_frame_async(stream, &mut buf, wire::MAX_HANDSHAKE_FRAME)
+    protocol::read_frame_async(stream, &mut buf, protocol::MAX_HANDSHAKE_FRAME)
         .await
         .map_err(drop)?;
-    let auth: wire::Auth = wire::decode("auth", &buf).map_err(drop)?;
-    if !wire::verify(secret, Role::Client, &hello.nonce, &nonce, &auth.proof) {
+    let auth: protocol::handshake::Auth = protocol::decode("auth", &buf).map_err(drop)?;
+    if !protocol::handshake::verify(secret, Role::Client, &hello.nonce, &nonce, &auth.proof) {
         log_peer("handshake refused: bad client proof");
         return Err(());
     }
     let verdict = if shared.shutting_down.load(Ordering::Acquire) {
-        wire::Verdict::Rejected(wire::Rejection::ShuttingDown)
+        protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::ShuttingDown)
     } else if auth.schema != shared.schema {
-        wire::Verdict::Rejected(wire::Rejection::Schema {
+        protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Schema {
             daemon: shared.schema,
         })
     } else if auth.init.is_some_and(|init| init != shared.init) {
-        wire::Verdict::Rejected(wire::Rejection::Init {
+        protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Init {
             running: shared.init_description.clone(),
         })
     } else {
-        wire::Verdict::Welcome {
+        protocol::handshake::Verdict::Welcome {
             pid: shared.pid,
             instance: shared.instance,
             max_frame: shared.options.max_frame,
         }
     };
-    let welcomed = matches!(verdict, wire::Verdict::Welcome { .. });
+    let welcomed = matches!(verdict, protocol::handshake::Verdict::Welcome { .. });
     write_message(stream, &verdict, &mut buf).await?;
     if !welcomed {
         return Err(());
@@ -732,7 +734,7 @@ async fn write_message<T: Serialize>(
     message: &T,
     buf: &mut Vec<u8>,
 ) -> Result<(), ()> {
-    wire::encode_frame(message, buf);
+    protocol::encode_frame(message, buf);
     stream.write_all(buf).await.map_err(drop)
 }
 
@@ -826,7 +828,7 @@ async fn connection_loop<S: Service>(
     };
     let outcome = loop {
         let Buffers { input, output } = &mut buffers;
-        match wire::read_frame_async(&mut reader, input, shared.options.max_frame).await {
+        match protocol::read_frame_async(&mut reader, input, shared.options.max_frame).await {
             Ok(()) => {}
             Err(FrameError::Io(_)) => break Ok(()),
             Err(FrameError::Protocol(error)) => {
@@ -834,46 +836,43 @@ async fn connection_loop<S: Service>(
                 break Err(());
             }
         }
-        let Ok((id, kind, body)) = wire::split_header("request", input) else {
-            log("closing a connection: malformed request header");
-            break Err(());
+        let (id, kind, body) = match protocol::split_request(input) {
+            Ok(header) => header,
+            Err(error) => {
+                log(&format!("closing a connection: {error}"));
+                break Err(());
+            }
         };
         // Replies accumulate in `output` while requests already received wait behind
         // this one (see below); each starts its own frame at the end. A call that must
         // wait for the instance (another call runs, or the host is retiring) sends the
         // replies of the calls that already ran first: they are not held hostage, and
         // not lost if the host retires meanwhile.
-        if !output.is_empty() && kind == wire::KIND_CALL && instance.try_lock().is_err() {
+        if !output.is_empty() && kind == protocol::Kind::Call && instance.try_lock().is_err() {
             writer.write_all(output).await.map_err(drop)?;
             output.clear();
         }
         let start = output.len();
         match kind {
-            wire::KIND_CALL => run_call(instance, shared, id, body, output).await,
-            wire::KIND_PING => {
-                wire::append_message(output, id, wire::STATUS_OK);
+            protocol::Kind::Call => run_call(instance, shared, id, body, output).await,
+            protocol::Kind::Ping => {
+                protocol::append_header(output, id, protocol::Status::Ok);
                 let info = daemon_info(shared);
                 postcard::to_io(&info, &mut *output).expect("encoding into a Vec cannot fail");
             }
-            wire::KIND_SHUTDOWN => {
+            protocol::Kind::Shutdown => {
                 log("shutdown requested by a client");
                 shared.shutting_down.store(true, Ordering::Release);
                 shared.wake_front.notify_one();
-                wire::append_message(output, id, wire::STATUS_OK);
-            }
-            other => {
-                log(&format!(
-                    "closing a connection: unknown request kind {other}"
-                ));
-                break Err(());
+                protocol::append_header(output, id, protocol::Status::Ok);
             }
         }
-        wire::close_frame(output, start);
+        protocol::close_frame(output, start);
         // Pipelined calls: while the next request is already complete in the read
         // buffer, it runs at once and its reply joins this one, so a batch of calls is
         // answered with one write instead of one per call. Nothing here waits on the
         // socket or on another connection.
-        if output.len() < 64 << 10 && wire::holds_frame(reader.buffer()) {
+        if output.len() < 64 << 10 && protocol::holds_frame(reader.buffer()) {
             continue;
         }
         writer.write_all(output).await.map_err(drop)?;
@@ -897,7 +896,7 @@ async fn run_call<S: Service>(
     body: &[u8],
     output: &mut Vec<u8>,
 ) {
-    let status_at = wire::append_message(output, id, wire::STATUS_OK);
+    let status_at = protocol::append_header(output, id, protocol::Status::Ok);
     let fault = match postcard::from_bytes::<S::Request>(body) {
         Err(error) => Some(RemoteError::BadRequest {
             message: error.to_string(),
@@ -931,13 +930,13 @@ async fn run_call<S: Service>(
     };
     if let Some(fault) = fault {
         output.truncate(status_at + 1);
-        output[status_at] = wire::STATUS_ERR;
+        output[status_at] = protocol::Status::Err.into();
         postcard::to_io(&fault, &mut *output).expect("encoding into a Vec cannot fail");
     }
 }
 
-fn daemon_info(shared: &Shared) -> wire::DaemonInfo {
-    wire::DaemonInfo {
+fn daemon_info(shared: &Shared) -> protocol::DaemonInfo {
+    protocol::DaemonInfo {
         pid: shared.pid,
         instance: shared.instance,
         port: shared.port,
@@ -1142,7 +1141,7 @@ pub(crate) mod fuzz {
     /// Runs the daemon's side of the handshake on `input`; returns what it wrote and
     /// whether it admitted the peer.
     pub(crate) fn handshake<S: Service>(input: &[u8]) -> (Vec<u8>, bool) {
-        let shared = shared::<S>(wire::DEFAULT_MAX_FRAME);
+        let shared = shared::<S>(protocol::DEFAULT_MAX_FRAME);
         let secret = [0x42; 32];
         let mut output = Vec::new();
         let admitted = block_on(async {

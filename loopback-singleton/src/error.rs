@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::protocol::{Fingerprint, ProtocolError, RemoteError};
+
 /// Everything that can go wrong between a client call and its result, apart from the
 /// service's own errors: a method returning `Result<T, E>` gives the caller
 /// `Result<Result<T, E>, Error>`, so `E` stays typed and apart from these.
@@ -112,9 +114,9 @@ pub enum Error {
         /// The singleton name.
         name: String,
         /// The client's schema fingerprint.
-        client: crate::Fingerprint,
+        client: Fingerprint,
         /// The daemon's schema fingerprint.
-        daemon: crate::Fingerprint,
+        daemon: Fingerprint,
     },
 
     /// The running daemon was constructed with other `#[init]` arguments than this
@@ -184,67 +186,6 @@ pub enum Error {
         /// The operating system's reason.
         source: io::Error,
     },
-}
-
-/// A violation of the wire protocol.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ProtocolError {
-    /// A frame's length prefix exceeds the configured limit.
-    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
-    FrameTooLarge {
-        /// The announced length.
-        len: u64,
-        /// The configured limit.
-        limit: u64,
-    },
-    /// The peer is not a loopback-singleton endpoint (bad magic).
-    #[error("the peer is not a loopback-singleton endpoint (bad magic)")]
-    BadMagic,
-    /// A frame could not be decoded.
-    #[error("malformed {what}: {reason}")]
-    Malformed {
-        /// Which message.
-        what: &'static str,
-        /// The decoder's complaint.
-        reason: String,
-    },
-    /// A message arrived that is not valid at this point of the protocol.
-    #[error("unexpected message: {0}")]
-    Unexpected(String),
-}
-
-/// The daemon's report of a call it could not complete.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-#[non_exhaustive]
-pub enum RemoteError {
-    /// The method panicked; the daemon caught it and keeps serving.
-    #[error("the method panicked: {message}")]
-    Panic {
-        /// The panic message.
-        message: String,
-    },
-    /// The daemon could not decode the request.
-    #[error("the daemon could not decode the request: {message}")]
-    BadRequest {
-        /// The decoder's complaint.
-        message: String,
-    },
-    /// The daemon could not encode the method's return value.
-    #[error("the daemon could not encode the reply: {message}")]
-    BadReply {
-        /// The encoder's complaint.
-        message: String,
-    },
-    /// The client could not decode the daemon's reply.
-    #[error("the reply could not be decoded: {message}")]
-    Decode {
-        /// The decoder's complaint.
-        message: String,
-    },
-    /// The daemon is shutting down and takes no new calls.
-    #[error("the daemon is shutting down")]
-    ShuttingDown,
 }
 
 impl Error {

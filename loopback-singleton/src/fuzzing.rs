@@ -7,11 +7,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::daemon::{self, Launch};
-use crate::error::RemoteError;
+use crate::protocol::{self, DaemonInfo, FrameError, RemoteError};
 use crate::runtime_dir::Metadata;
 use crate::service::Service;
 use crate::spawn::{self, Readiness};
-use crate::wire::{self, DaemonInfo, FrameError};
 
 /// Reads `data` as a stream of frames under `limit`, with the blocking reader (client)
 /// and the async one (daemon): both must agree, a frame must be read exactly when
@@ -23,11 +22,11 @@ pub fn frames(data: &[u8], limit: u32) -> usize {
     let (mut buf, mut async_buf) = (Vec::new(), Vec::new());
     let mut count = 0;
     loop {
-        let complete = wire::holds_frame(blocking);
+        let complete = protocol::holds_frame(blocking);
         let announced = (blocking.len() >= 4)
             .then(|| u32::from_le_bytes(blocking[..4].try_into().expect("4 bytes")));
-        let read = wire::read_frame(&mut blocking, &mut buf, limit);
-        let read_async = block_on(wire::read_frame_async(
+        let read = protocol::read_frame(&mut blocking, &mut buf, limit);
+        let read_async = block_on(protocol::read_frame_async(
             &mut nonblocking,
             &mut async_buf,
             limit,
@@ -38,7 +37,8 @@ pub fn frames(data: &[u8], limit: u32) -> usize {
                 assert_eq!(buf, async_buf);
                 assert_eq!(Some(buf.len() as u32), announced);
                 assert_eq!(blocking.len(), nonblocking.len());
-                let _ = wire::split_header("frame", &buf);
+                let _ = protocol::split_request(&buf);
+                let _ = protocol::split_reply(&buf);
                 count += 1;
             }
             (Err(FrameError::Protocol(_)), Err(FrameError::Protocol(_))) => {
@@ -64,10 +64,10 @@ pub fn frames(data: &[u8], limit: u32) -> usize {
 /// its environment, and as runtime metadata. Whatever decodes must re-encode and
 /// decode to the same value.
 pub fn handshake_messages(data: &[u8]) {
-    round_trip::<wire::Hello>(data);
-    round_trip::<wire::Challenge>(data);
-    round_trip::<wire::Auth>(data);
-    round_trip::<wire::Verdict>(data);
+    round_trip::<protocol::handshake::Hello>(data);
+    round_trip::<protocol::handshake::Challenge>(data);
+    round_trip::<protocol::handshake::Auth>(data);
+    round_trip::<protocol::handshake::Verdict>(data);
     round_trip::<DaemonInfo>(data);
     round_trip::<RemoteError>(data);
     round_trip::<Readiness>(data);
@@ -83,9 +83,9 @@ pub fn handshake_messages(data: &[u8]) {
 }
 
 fn round_trip<T: Serialize + DeserializeOwned + std::fmt::Debug>(data: &[u8]) {
-    if let Ok(value) = wire::decode::<T>("fuzz", data) {
+    if let Ok(value) = protocol::decode::<T>("fuzz", data) {
         let encoded = postcard::to_stdvec(&value).expect("a decoded value encodes");
-        let again: T = wire::decode("fuzz", &encoded).expect("a re-encoded value decodes");
+        let again: T = protocol::decode("fuzz", &encoded).expect("a re-encoded value decodes");
         assert_eq!(format!("{value:?}"), format!("{again:?}"));
     }
 }
@@ -93,11 +93,10 @@ fn round_trip<T: Serialize + DeserializeOwned + std::fmt::Debug>(data: &[u8]) {
 /// Decodes `data` as a reply frame's payload the way the client does: header, status,
 /// then the value (`R`) or the daemon's error.
 pub fn reply<R: DeserializeOwned>(data: &[u8]) -> Option<Result<R, RemoteError>> {
-    let (_id, status, body) = wire::split_header("reply", data).ok()?;
+    let (_id, status, body) = protocol::split_reply(data).ok()?;
     match status {
-        wire::STATUS_OK => postcard::from_bytes(body).ok().map(Ok),
-        wire::STATUS_ERR => wire::decode("remote error", body).ok().map(Err),
-        _ => None,
+        protocol::Status::Ok => postcard::from_bytes(body).ok().map(Ok),
+        protocol::Status::Err => protocol::decode("remote error", body).ok().map(Err),
     }
 }
 
@@ -109,12 +108,13 @@ pub fn daemon_handshake<S: Service>(data: &[u8]) -> Vec<u8> {
     if !output.is_empty() {
         let mut reader = &output[..];
         let mut payload = Vec::new();
-        wire::read_frame(&mut reader, &mut payload, wire::MAX_HANDSHAKE_FRAME)
+        protocol::read_frame(&mut reader, &mut payload, protocol::MAX_HANDSHAKE_FRAME)
             .expect("the challenge is one whole frame");
         assert!(reader.is_empty(), "nothing follows the challenge");
-        let challenge: wire::Challenge = wire::decode("challenge", &payload).expect("a challenge");
-        assert_eq!(challenge.magic, wire::MAGIC);
-        assert_eq!(challenge.version, wire::PROTOCOL_VERSION);
+        let challenge: protocol::handshake::Challenge =
+            protocol::decode("challenge", &payload).expect("a challenge");
+        assert_eq!(challenge.magic, protocol::MAGIC);
+        assert_eq!(challenge.version, protocol::PROTOCOL_VERSION);
     }
     output
 }
@@ -130,11 +130,9 @@ pub fn daemon_requests<S: Service>(instance: S, data: &[u8], max_frame: u32) -> 
     let mut input = data;
     let mut payload = Vec::new();
     loop {
-        match wire::read_frame(&mut input, &mut payload, max_frame) {
-            Ok(()) => match wire::split_header("request", &payload) {
-                Ok((id, kind @ (wire::KIND_CALL | wire::KIND_PING | wire::KIND_SHUTDOWN), _)) => {
-                    expected.push((id, kind));
-                }
+        match protocol::read_frame(&mut input, &mut payload, max_frame) {
+            Ok(()) => match protocol::split_request(&payload) {
+                Ok((id, kind, _)) => expected.push((id, kind)),
                 _ => {
                     violation = true;
                     break;
@@ -155,23 +153,22 @@ pub fn daemon_requests<S: Service>(instance: S, data: &[u8], max_frame: u32) -> 
     );
     let mut replies = &output[..];
     for &(id, kind) in &expected {
-        wire::read_frame(&mut replies, &mut payload, u32::MAX)
-            .unwrap_or_else(|error| panic!("no reply to request {id} (kind {kind}): {error:?}"));
-        let (reply_id, status, body) =
-            wire::split_header("reply", &payload).expect("a reply header");
+        protocol::read_frame(&mut replies, &mut payload, u32::MAX)
+            .unwrap_or_else(|error| panic!("no reply to request {id} (kind {kind:?}): {error:?}"));
+        let (reply_id, status, body) = protocol::split_reply(&payload).expect("a reply header");
         assert_eq!(reply_id, id, "replies come in request order");
         match (kind, status) {
-            (wire::KIND_PING, wire::STATUS_OK) => {
-                let _: DaemonInfo = wire::decode("ping reply", body).expect("a ping reply");
+            (protocol::Kind::Ping, protocol::Status::Ok) => {
+                let _: DaemonInfo = protocol::decode("ping reply", body).expect("a ping reply");
             }
-            (wire::KIND_SHUTDOWN, wire::STATUS_OK) => assert!(body.is_empty()),
-            (wire::KIND_CALL, wire::STATUS_OK) => {}
-            (wire::KIND_CALL, wire::STATUS_ERR) => {
-                let error: RemoteError = wire::decode("remote error", body).expect("an error");
+            (protocol::Kind::Shutdown, protocol::Status::Ok) => assert!(body.is_empty()),
+            (protocol::Kind::Call, protocol::Status::Ok) => {}
+            (protocol::Kind::Call, protocol::Status::Err) => {
+                let error: RemoteError = protocol::decode("remote error", body).expect("an error");
                 let (_, rest) = postcard::take_from_bytes::<RemoteError>(body).expect("an error");
                 assert!(rest.is_empty(), "trailing bytes after {error:?}");
             }
-            other => panic!("reply status {} to a request of kind {}", other.1, other.0),
+            (kind, status) => panic!("reply status {status:?} to a request of kind {kind:?}"),
         }
     }
     assert!(replies.is_empty(), "replies nobody asked for");
@@ -211,7 +208,8 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{Dispatch, Fingerprint};
+    use crate::protocol::Fingerprint;
+    use crate::service::Dispatch;
 
     /// A service with a few argument shapes, implemented by hand (the macro's paths
     /// name this crate from outside).
@@ -265,12 +263,12 @@ mod tests {
         crate::service::encode_reply(&n, out)
     }
 
-    fn request(id: u64, kind: u8, body: &[u8]) -> Vec<u8> {
+    fn request(id: u64, kind: protocol::Kind, body: &[u8]) -> Vec<u8> {
         let mut frame = Vec::new();
-        let tag = wire::begin_message(&mut frame, id, kind);
-        assert_eq!(frame[tag], kind);
+        let tag = protocol::append_header(&mut frame, id, kind);
+        assert_eq!(frame[tag], kind as u8);
         frame.extend_from_slice(body);
-        wire::finish_frame(&mut frame);
+        protocol::close_frame(&mut frame, 0);
         frame
     }
 
@@ -278,13 +276,13 @@ mod tests {
     fn replies_before_a_violation_are_sent() {
         // Found by the daemon_requests fuzzer: a call pipelined ahead of an empty frame
         // ran, but its reply was dropped with the connection.
-        let mut input = request(1, wire::KIND_CALL, &[0]);
-        input.extend_from_slice(&request(2, wire::KIND_PING, &[]));
+        let mut input = request(1, protocol::Kind::Call, &[0]);
+        input.extend_from_slice(&request(2, protocol::Kind::Ping, &[]));
         input.extend_from_slice(&[0, 0, 0, 0]);
-        let output = daemon_requests(Echo::default(), &input, wire::DEFAULT_MAX_FRAME);
+        let output = daemon_requests(Echo::default(), &input, protocol::DEFAULT_MAX_FRAME);
         let mut replies = &output[..];
         let mut payload = Vec::new();
-        wire::read_frame(&mut replies, &mut payload, u32::MAX).unwrap();
+        protocol::read_frame(&mut replies, &mut payload, u32::MAX).unwrap();
         assert_eq!(reply::<u64>(&payload), Some(Ok(1)));
         // The fuzzer's own input, through the fuzz crate's builder.
         daemon_requests(Echo::default(), &framed(&[2, 0, 0, 0, 10]), 64 << 20);
@@ -337,18 +335,18 @@ mod tests {
 
     fn seeds() -> Vec<Vec<u8>> {
         let mut hello = Vec::new();
-        wire::encode_frame(
-            &wire::Hello {
-                magic: wire::MAGIC,
-                version: wire::PROTOCOL_VERSION,
+        protocol::encode_frame(
+            &protocol::handshake::Hello {
+                magic: protocol::MAGIC,
+                version: protocol::PROTOCOL_VERSION,
                 nonce: [3; 32],
             },
             &mut hello,
         );
         let mut auth = hello.clone();
         let mut frame = Vec::new();
-        wire::encode_frame(
-            &wire::Auth {
+        protocol::encode_frame(
+            &protocol::handshake::Auth {
                 proof: [9; 32],
                 schema: Echo::SCHEMA,
                 init: Some(1),
@@ -357,14 +355,14 @@ mod tests {
             &mut frame,
         );
         auth.extend_from_slice(&frame);
-        let call = |id: u64, body: &[u8]| request(id, wire::KIND_CALL, body);
+        let call = |id: u64, body: &[u8]| request(id, protocol::Kind::Call, body);
         let mut pipelined = call(1, &[0]);
         pipelined.extend(call(2, &[1, 0x80, 1, 7]));
         pipelined.extend(call(3, &[2, 2, b'k', b'v', 1, 9]));
         pipelined.extend(call(4, &[3, 1, b'x', 1, 0xfe, 0xff, 1, 1, 2]));
         pipelined.extend(call(5, &[4, 200]));
-        pipelined.extend(request(6, wire::KIND_PING, &[]));
-        pipelined.extend(request(7, wire::KIND_SHUTDOWN, &[]));
+        pipelined.extend(request(6, protocol::Kind::Ping, &[]));
+        pipelined.extend(request(7, protocol::Kind::Shutdown, &[]));
         vec![hello, auth, pipelined, Vec::new()]
     }
 

@@ -2,30 +2,29 @@
 #![warn(missing_docs)]
 
 mod async_client;
-mod canonical;
 mod client;
 mod daemon;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod protocol;
 mod runtime_dir;
 mod service;
 mod single_instance;
 mod spawn;
-mod wire;
 
 pub use async_client::{AsyncClient, Call};
 pub use client::{Builder, Client};
 pub use daemon::ServeOptions;
-pub use error::{Error, ProtocolError, RemoteError};
+pub use error::Error;
 pub use loopback_singleton_macros::local_singleton;
-pub use service::{Dispatch, Fingerprint, Service};
+pub use protocol::{DaemonInfo, Fingerprint, ProtocolError, RemoteError};
+pub use service::{Dispatch, Service};
 pub use single_instance::{
     AnotherInstance, CallbackId, Delivery, Message, Messages, Payload, Primary, Role,
     SingleInstance, single_instance,
 };
-pub use wire::DaemonInfo;
 
 /// What generated code reaches through one path, so that a user's `Cargo.toml` needs
 /// `loopback-singleton` only. Not part of the public API.

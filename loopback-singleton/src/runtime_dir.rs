@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::service::Fingerprint;
-use crate::wire::Secret;
+use crate::protocol::{Fingerprint, Secret};
 
 /// Overrides the base directory (tests and users isolate runs with it).
 pub(crate) const DIR_ENV: &str = "LOOPBACK_SINGLETON_DIR";
@@ -438,7 +437,7 @@ impl RuntimeDir {
 
 /// A unique name for a temporary file beside `file`.
 fn temporary_name(file: &str) -> String {
-    let suffix = u64::from_le_bytes(crate::wire::random_bytes());
+    let suffix = u64::from_le_bytes(crate::protocol::random_bytes());
     format!("{file}.tmp.{}.{suffix:016x}", std::process::id())
 }
 
@@ -783,7 +782,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "ls-rtdir-{}-{:x}",
             std::process::id(),
-            u64::from_le_bytes(crate::wire::random_bytes())
+            u64::from_le_bytes(crate::protocol::random_bytes())
         ));
         fs::create_dir_all(&dir).unwrap();
         // Private whatever the umask: a group-writable base is refused.

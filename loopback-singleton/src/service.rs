@@ -12,12 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
-
-/// A compile-time hash of a service's name and method signatures.
-///
-/// Client and daemon compare fingerprints in the handshake: postcard is positional, so a
-/// client built from another version of the service would otherwise misread the bytes.
-pub type Fingerprint = u64;
+use crate::protocol::Fingerprint;
 
 /// A type whose one instance is hosted by a loopback-singleton daemon.
 ///

@@ -40,8 +40,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{Builder, Client, FoundOrStarted, lock};
 use crate::daemon::{self, ServeOptions};
-use crate::error::{Error, RemoteError};
-use crate::service::{Dispatch, Fingerprint, Service};
+use crate::error::Error;
+use crate::protocol::{Fingerprint, RemoteError};
+use crate::service::{Dispatch, Service};
 
 /// What a secondary may send along with its argv and cwd: any owned serde type.
 ///
@@ -965,7 +966,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "ls-single-{}-{:x}",
             std::process::id(),
-            u64::from_le_bytes(crate::wire::random_bytes())
+            u64::from_le_bytes(crate::protocol::random_bytes())
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir

@@ -312,15 +312,15 @@ pub(crate) fn parse_readiness(received: &[u8]) -> Result<Option<Readiness>, Spaw
     if received.len() < 4 {
         return Ok(None);
     }
-    let len = crate::wire::check_len(
+    let len = crate::protocol::check_len(
         received[..4].try_into().expect("4 bytes"),
-        crate::wire::MAX_HANDSHAKE_FRAME,
+        crate::protocol::MAX_HANDSHAKE_FRAME,
     )
     .map_err(|error| SpawnError::Failed(format!("bad readiness report: {error}")))?;
     if received.len() < 4 + len {
         return Ok(None);
     }
-    crate::wire::decode("readiness report", &received[4..4 + len])
+    crate::protocol::decode("readiness report", &received[4..4 + len])
         .map(Some)
         .map_err(|error| SpawnError::Failed(error.to_string()))
 }
@@ -347,7 +347,7 @@ impl ReadySender {
     pub(crate) fn send(&mut self, readiness: &Readiness) {
         if let Some(mut pipe) = self.pipe.take() {
             let mut frame = Vec::new();
-            crate::wire::encode_frame(readiness, &mut frame);
+            crate::protocol::encode_frame(readiness, &mut frame);
             // The client may have given up already; nothing to do about that.
             let _ = pipe.write_all(&frame);
         }
@@ -467,7 +467,7 @@ mod tests {
     #[test]
     fn readiness_parses_only_whole_frames() {
         let mut frame = Vec::new();
-        crate::wire::encode_frame(
+        crate::protocol::encode_frame(
             &Readiness::Failed {
                 reason: "boom".into(),
             },

@@ -17,7 +17,7 @@
 use serde::Serialize;
 use serde::ser;
 
-use crate::service::Fingerprint;
+use super::Fingerprint;
 
 /// The init fingerprint of `value`; `Err` if its `Serialize` implementation fails.
 pub(crate) fn fingerprint<T: Serialize + ?Sized>(value: &T) -> Result<Fingerprint, Unencodable> {
@@ -443,6 +443,42 @@ impl ser::SerializeMap for Entries<'_> {
     }
 }
 
+/// Fingerprint of init arguments (compared in the handshake): equal arguments agree
+/// whatever order their maps iterate in (see the module documentation).
+pub(crate) fn init_fingerprint<T: Serialize + ?Sized>(
+    init: &T,
+) -> Result<Fingerprint, Unencodable> {
+    fingerprint(init)
+}
+
+/// A readable rendering of init arguments for mismatch errors (JSON where the type
+/// allows it, else its fingerprint). Objects list their keys in order (map keys and
+/// struct fields alike), so that equal arguments read the same whatever order their
+/// maps iterate in.
+pub(crate) fn describe<T: Serialize + ?Sized>(init: &T) -> String {
+    /// Long enough to tell arguments apart, short enough for any message.
+    const MAX: usize = 1024;
+    let fingerprint = || match init_fingerprint(init) {
+        Ok(fingerprint) => format!("<init arguments {fingerprint:016x}>"),
+        Err(_) => "<unencodable init arguments>".to_string(),
+    };
+    let json = serde_json::to_value(init).and_then(|mut value| {
+        value.sort_all_objects();
+        serde_json::to_string(&value)
+    });
+    match json {
+        Ok(json) if json.len() <= MAX => json,
+        Ok(json) => {
+            let cut = (0..=MAX - 64)
+                .rev()
+                .find(|&at| json.is_char_boundary(at))
+                .unwrap_or(0);
+            format!("{}... {}", &json[..cut], fingerprint())
+        }
+        Err(_) => fingerprint(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::hash_map::RandomState;
@@ -450,7 +486,7 @@ mod tests {
 
     use serde::Serialize;
 
-    use super::fingerprint;
+    use super::{describe, fingerprint};
 
     fn fp<T: Serialize + ?Sized>(value: &T) -> u64 {
         fingerprint(value).unwrap()
@@ -601,5 +637,48 @@ mod tests {
         }
         let error = fingerprint(&vec![Failing]).unwrap_err();
         assert_eq!(error.to_string(), "no way");
+    }
+
+    #[test]
+    fn init_descriptions_are_readable_and_bounded() {
+        assert_eq!(describe(&(10u64, "x")), r#"[10,"x"]"#);
+        let long = describe(&"é".repeat(5000));
+        assert!(long.len() < 1100, "{}", long.len());
+        assert!(long.contains("<init arguments "), "{long}");
+    }
+
+    #[test]
+    fn init_descriptions_list_map_entries_in_order() {
+        use std::collections::HashMap;
+        let map = |keys: &mut dyn Iterator<Item = u32>| -> HashMap<String, u32> {
+            keys.map(|i| (format!("k{i:02}"), i)).collect()
+        };
+        let expected = format!(
+            "[{{{}}},2]",
+            (0..16)
+                .map(|i| format!("\"k{i:02}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(describe(&(map(&mut (0..16)), 2)), expected);
+        assert_eq!(describe(&(map(&mut (0..16).rev()), 2)), expected);
+        // Integer keys are JSON strings, listed as strings; nested maps are sorted too.
+        let nested: HashMap<u8, HashMap<String, u32>> =
+            [(10, map(&mut (0..2))), (9, map(&mut (0..1)))].into();
+        assert_eq!(
+            describe(&nested),
+            r#"{"10":{"k00":0,"k01":1},"9":{"k00":0}}"#
+        );
+        // Too long: cut, and marked with the fingerprint, equal for equal arguments.
+        let big = |keys: &mut dyn Iterator<Item = u32>| -> HashMap<String, String> {
+            keys.map(|i| (format!("k{i:03}"), "v".repeat(20))).collect()
+        };
+        let (a, b) = (big(&mut (0..100)), big(&mut (0..100).rev()));
+        assert_eq!(describe(&a), describe(&b));
+        assert!(
+            describe(&a).contains("<init arguments "),
+            "{}",
+            describe(&a)
+        );
     }
 }
