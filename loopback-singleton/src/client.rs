@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::daemon::{Launch, ServeOptions};
 use crate::error::Error;
+use crate::options::ServeOptions;
 use crate::protocol::handshake::Role;
 use crate::protocol::{
     self, DaemonInfo, Fingerprint, FrameError, ProtocolError, RemoteError, Secret,
 };
 use crate::runtime_dir::{self, HeldLock, RuntimeDir};
 use crate::service::Service;
-use crate::spawn::{self, SpawnError};
+use crate::spawn::{self, Launch, SpawnError};
 
 /// Configures a client before connecting: singleton name, idle TTL, timeouts, runtime
 /// directory, daemon executable.
@@ -745,7 +745,7 @@ impl Inner {
         let mut sink = [0u8; 64];
         while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
         let Some(pid) = pid else { return Ok(()) };
-        while !runtime_dir::process_exited(pid) {
+        while !crate::sys::process_exited(pid) {
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
                     name: self.name.clone(),
@@ -909,8 +909,7 @@ impl Inner {
     ) -> Result<(Connection, Endpoint), Error> {
         let exe = match &self.daemon_command {
             Some(path) => path.clone(),
-            None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/exe"),
-            None => std::env::current_exe()
+            None => crate::sys::current_exe()
                 .map_err(|error| Error::io("locating the current executable", error))?,
         };
         let remaining = deadline.saturating_duration_since(Instant::now());

@@ -13,7 +13,6 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,142 +20,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use crate::error::Error;
+use crate::options::ServeOptions;
 use crate::protocol::handshake::Role;
 use crate::protocol::{self, Fingerprint, FrameError, RemoteError, Secret};
 use crate::runtime_dir::{self, HeldLock, Metadata, RuntimeDir};
 use crate::service::{Dispatch, Service};
-use crate::spawn::{self, Readiness, ReadySender};
-
-/// How a daemon runs: its name, where its files live, when it retires, and its limits.
-///
-/// Used by [`Service::serve`] to host a service yourself, and, through
-/// [`Builder`](crate::Builder), for daemons that clients start.
-///
-/// ```
-/// use std::time::Duration;
-/// use loopback_singleton::ServeOptions;
-///
-/// let options = ServeOptions::default()
-///     .name("my-cache")
-///     .idle_ttl(Some(Duration::from_secs(60)))
-///     .max_connections(256);
-/// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServeOptions {
-    pub(crate) name: Option<String>,
-    pub(crate) dir: Option<PathBuf>,
-    pub(crate) idle_ttl: Option<Duration>,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) max_frame: u32,
-    pub(crate) max_connections: u32,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            name: None,
-            dir: None,
-            idle_ttl: Some(Duration::from_secs(2)),
-            handshake_timeout: Duration::from_secs(5),
-            max_frame: protocol::DEFAULT_MAX_FRAME,
-            max_connections: 4096,
-        }
-    }
-}
-
-impl ServeOptions {
-    /// The singleton name (default: the service's `<crate>.<Type>`). Names the runtime
-    /// directory: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// The base of the runtime directories (default: `$LOOPBACK_SINGLETON_DIR`, else
-    /// `$XDG_RUNTIME_DIR/loopback-singleton`, else `~/.cache/loopback-singleton`).
-    pub fn runtime_dir(mut self, base: impl Into<PathBuf>) -> Self {
-        self.dir = Some(base.into());
-        self
-    }
-
-    /// How long the daemon lives with no client connected (default 2 s), counted from
-    /// the moment the last authenticated client left; `None` keeps it until `shutdown`.
-    ///
-    /// Until the client that started it has connected, a daemon waits a handshake
-    /// timeout longer than the TTL: that client is always served, however slow the
-    /// constructor or short the TTL (zero included), and a daemon whose starter died
-    /// still retires.
-    pub fn idle_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.idle_ttl = ttl;
-        self
-    }
-
-    /// How long a new connection may take to authenticate (default 5 s).
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
-        self
-    }
-
-    /// The largest frame accepted, in bytes (default 64 MiB).
-    pub fn max_frame_size(mut self, bytes: u32) -> Self {
-        self.max_frame = bytes;
-        self
-    }
-
-    /// The most connections served at once (default 4096); further ones are closed.
-    pub fn max_connections(mut self, connections: u32) -> Self {
-        self.max_connections = connections;
-        self
-    }
-}
-
-/// Everything a spawned daemon needs, handed over as a nameless private file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Launch {
-    pub name: String,
-    pub base: PathBuf,
-    pub options: ServeOptions,
-    pub init: Vec<u8>,
-    /// The init fingerprint, computed by the starter from the typed arguments (map
-    /// order does not count) and compared by the daemon as is: recomputed from `init`'s
-    /// bytes, it would depend on the order of the starter's maps.
-    pub init_fingerprint: Fingerprint,
-    pub init_description: String,
-    /// Shown by the client that starts the daemon in its handshake (see
-    /// [`protocol::handshake::Auth::starter`]); `None` for a host with no starter to wait for.
-    pub starter: Option<protocol::Nonce>,
-}
-
-impl Launch {
-    /// The launch of `name` under `base` with `init` as the constructor's arguments.
-    pub(crate) fn new<T: Serialize>(
-        name: String,
-        base: PathBuf,
-        options: ServeOptions,
-        init: &T,
-    ) -> Result<Self, Error> {
-        let unencodable = |error: &dyn std::fmt::Display| Error::StartFailed {
-            name: name.clone(),
-            reason: format!("the init arguments do not encode: {error}"),
-        };
-        Ok(Launch {
-            init: postcard::to_stdvec(init).map_err(|error| unencodable(&error))?,
-            init_fingerprint: protocol::init_fingerprint(init)
-                .map_err(|error| unencodable(&error))?,
-            init_description: protocol::describe(init),
-            starter: Some(protocol::random_bytes()),
-            name,
-            base,
-            options,
-        })
-    }
-}
+use crate::spawn::{self, Launch, Readiness, ReadySender};
+use crate::sys;
 
 /// The pre-main hook emitted by `#[local_singleton]`: becomes the daemon of `S` if this
 /// process was launched as one, else returns and lets the program run.
@@ -182,7 +58,7 @@ fn become_daemon<S: Service>(launch: Result<Launch, String>, mut ready: ReadySen
             ready.send(&Readiness::Failed { reason });
             1
         }
-        Ok(launch) => match spawn::detach() {
+        Ok(launch) => match sys::detach() {
             Err(error) => {
                 ready.send(&Readiness::Failed {
                     reason: format!("fork: {error}"),
@@ -194,7 +70,6 @@ fn become_daemon<S: Service>(launch: Result<Launch, String>, mut ready: ReadySen
     }
 }
 
-#[cfg(unix)]
 fn run_launched<S: Service>(launch: Launch, mut ready: ReadySender) -> i32 {
     // The directory the client checked: it made it our working directory.
     let dir = match RuntimeDir::adopt_current(&launch.base, &launch.name) {
@@ -206,7 +81,7 @@ fn run_launched<S: Service>(launch: Launch, mut ready: ReadySender) -> i32 {
             return 1;
         }
     };
-    spawn::daemon_stdio(dir.open_log());
+    sys::daemon_stdio(dir.open_log());
     // The client waited for the predecessor to be gone before it spawned us, under the
     // start lock we share: the wait below is a safeguard.
     match run::<S>(&dir, launch, ready, None, PREDECESSOR_WAIT) {
@@ -216,14 +91,6 @@ fn run_launched<S: Service>(launch: Launch, mut ready: ReadySender) -> i32 {
             1
         }
     }
-}
-
-#[cfg(not(unix))]
-fn run_launched<S: Service>(_launch: Launch, mut ready: ReadySender) -> i32 {
-    ready.send(&Readiness::Failed {
-        reason: "auto-start is implemented for Unix only".into(),
-    });
-    1
 }
 
 /// [`Service::serve`]: hosts `S` in this process until it retires.
@@ -342,7 +209,7 @@ fn run<S: Service>(
     lock: Option<HeldLock>,
     predecessor_wait: Duration,
 ) -> Result<(), Error> {
-    raise_fd_limit();
+    sys::raise_fd_limit();
     let construct = construct_from::<S>(launch.init.clone());
     let started = start::<S>(dir, launch, construct, &mut ready, predecessor_wait)?;
     drop(lock);
@@ -444,7 +311,7 @@ fn start<S: Service>(
     let metadata = Metadata {
         port,
         pid: shared.pid,
-        start_time: runtime_dir::process_start_time(shared.pid).unwrap_or(0),
+        start_time: crate::sys::process_start_time(shared.pid).unwrap_or(0),
         instance: shared.instance,
         service: S::SERVICE_ID.to_string(),
         schema: S::SCHEMA,
@@ -543,7 +410,7 @@ async fn front(
         Ok(listener) => listener,
         Err(_) => return "cannot register the listener",
     };
-    let mut stop_signals = StopSignals::new(signals);
+    let mut stop_signals = (signals == Signals::Retire).then(sys::StopSignals::listen);
     loop {
         if shared.shutting_down.load(Ordering::Acquire) {
             return "shutdown requested";
@@ -574,46 +441,16 @@ async fn front(
                     return "idle TTL elapsed with no client connected";
                 }
             }
-            () = stop_signals.recv() => return "SIGTERM or SIGINT",
+            () = stop_signal(&mut stop_signals) => return "SIGTERM or SIGINT",
         }
     }
 }
 
-/// SIGTERM and SIGINT, when the host retires on them.
-struct StopSignals {
-    #[cfg(unix)]
-    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
-}
-
-impl StopSignals {
-    fn new(signals: Signals) -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let streams = match signals {
-                Signals::Retire => signal(SignalKind::terminate())
-                    .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)))
-                    .ok(),
-                Signals::Ignore => None,
-            };
-            StopSignals { streams }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = signals;
-            StopSignals {}
-        }
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some((terminate, interrupt)) = &mut self.streams {
-            tokio::select! {
-                _ = terminate.recv() => return,
-                _ = interrupt.recv() => return,
-            }
-        }
-        std::future::pending().await
+/// Completes on SIGTERM or SIGINT, if the host listens to them.
+async fn stop_signal(signals: &mut Option<sys::StopSignals>) {
+    match signals {
+        Some(signals) => signals.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1021,26 +858,6 @@ fn log(message: &str) {
         now.subsec_millis(),
         std::process::id()
     );
-}
-
-/// Lifts the soft open-file limit to the hard one, so the daemon can hold many clients.
-fn raise_fd_limit() {
-    #[cfg(unix)]
-    {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
-                && limit.rlim_cur < limit.rlim_max
-            {
-                limit.rlim_cur = limit.rlim_max;
-                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-            }
-        }
-    }
 }
 
 /// A service hosted on background threads of the calling process, not in a detached

@@ -6,10 +6,11 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::daemon::{self, Launch};
+use crate::daemon;
 use crate::protocol::{self, DaemonInfo, FrameError, RemoteError};
 use crate::runtime_dir::Metadata;
 use crate::service::Service;
+use crate::spawn::Launch;
 use crate::spawn::{self, Readiness};
 
 /// Reads `data` as a stream of frames under `limit`, with the blocking reader (client)

@@ -8,17 +8,19 @@ mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod options;
 mod protocol;
 mod runtime_dir;
 mod service;
 mod single_instance;
 mod spawn;
+mod sys;
 
 pub use async_client::{AsyncClient, Call};
 pub use client::{Builder, Client};
-pub use daemon::ServeOptions;
 pub use error::Error;
 pub use loopback_singleton_macros::local_singleton;
+pub use options::ServeOptions;
 pub use protocol::{DaemonInfo, Fingerprint, ProtocolError, RemoteError};
 pub use service::{Dispatch, Service};
 pub use single_instance::{

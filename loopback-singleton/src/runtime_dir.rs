@@ -21,7 +21,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::protocol::{Fingerprint, Secret};
+use crate::sys::{self, Access, FileKind, Stat};
 
 /// Overrides the base directory (tests and users isolate runs with it).
 pub(crate) const DIR_ENV: &str = "LOOPBACK_SINGLETON_DIR";
@@ -63,8 +64,7 @@ pub(crate) struct RuntimeDir {
     /// For messages and for users (`Client::runtime_dir`); never used to reach a file.
     path: PathBuf,
     name: String,
-    #[cfg(unix)]
-    handle: Arc<std::os::fd::OwnedFd>,
+    handle: Arc<sys::DirHandle>,
 }
 
 /// The base directory under which each name gets its own directory.
@@ -78,9 +78,8 @@ pub(crate) fn base_dir(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|value| !value.is_empty()) {
         return Ok(PathBuf::from(dir).join("loopback-singleton"));
     }
-    #[cfg(windows)]
-    if let Some(dir) = std::env::var_os("LOCALAPPDATA").filter(|value| !value.is_empty()) {
-        return Ok(PathBuf::from(dir).join("loopback-singleton"));
+    if let Some(dir) = sys::local_app_data() {
+        return Ok(dir.join("loopback-singleton"));
     }
     match std::env::var_os("HOME").filter(|value| !value.is_empty()) {
         Some(home) => Ok(PathBuf::from(home)
@@ -113,19 +112,6 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// How a file in the runtime directory is opened. Every mode refuses a symbolic link,
-/// and every file it creates is 0600.
-#[derive(Clone, Copy)]
-enum Access {
-    Read,
-    /// Read-write, created if missing (lock files).
-    Lock,
-    /// Append-only, created if missing (the log).
-    Append,
-    /// A new file that must not exist yet.
-    CreateNew,
-}
-
 impl RuntimeDir {
     /// Creates (0700) or opens `<base>/<name>`, checks that it and the directories
     /// above it can be trusted, and keeps it open.
@@ -133,50 +119,64 @@ impl RuntimeDir {
         validate_name(name)?;
         let path = base.join(name);
         create_private_dir(base)?;
-        #[cfg(unix)]
-        {
-            let base_handle = platform::open_base(base)?;
-            let handle = platform::open_private_dir(&base_handle, name, &path)?;
-            Ok(RuntimeDir {
-                path,
-                name: name.to_string(),
-                handle: Arc::new(handle),
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            create_private_dir(&path)?;
-            Ok(RuntimeDir {
-                path,
-                name: name.to_string(),
-            })
-        }
+        let base_handle = open_base(base)?;
+        sys::mkdir_at(&base_handle, name).map_err(|error| {
+            refuse(
+                &path,
+                format!("cannot create it ({error}); set {DIR_ENV} to a directory you own"),
+            )
+        })?;
+        let handle = sys::open_workdir_at(&base_handle, name).map_err(|error| {
+            let symlink =
+                sys::lstat_at(&base_handle, name).is_ok_and(|stat| stat.kind == FileKind::Symlink);
+            if symlink {
+                refuse(
+                    &path,
+                    format!(
+                        "it is a symbolic link; remove it (`rm {}`) and let loopback-singleton \
+                         create a real directory",
+                        path.display()
+                    ),
+                )
+            } else {
+                refuse(&path, format!("cannot open it as a directory: {error}"))
+            }
+        })?;
+        let dir = RuntimeDir {
+            path,
+            name: name.to_string(),
+            handle: Arc::new(handle),
+        };
+        dir.check_private(sys::stat_dir(&dir.handle), &dir.path, Private::Dir)?;
+        Ok(dir)
     }
 
     /// The runtime directory a spawned daemon was started in: its working directory,
     /// which the client that validated it set (so no path is resolved again). Checked
     /// once more all the same.
-    #[cfg(unix)]
     pub(crate) fn adopt_current(base: &Path, name: &str) -> Result<Self, Error> {
         validate_name(name)?;
         let path = base.join(name);
-        let handle = platform::open_current_dir(&path)?;
-        Ok(RuntimeDir {
+        let handle = sys::open_cwd().map_err(|error| {
+            refuse(&path, format!("cannot open the working directory: {error}"))
+        })?;
+        let dir = RuntimeDir {
             path,
             name: name.to_string(),
             handle: Arc::new(handle),
-        })
+        };
+        dir.check_private(sys::stat_dir(&dir.handle), &dir.path, Private::Dir)?;
+        Ok(dir)
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Another descriptor of the directory (to become a spawned daemon's working
+    /// Another handle on the directory (to become a spawned daemon's working
     /// directory).
-    #[cfg(unix)]
-    pub(crate) fn handle(&self) -> io::Result<std::os::fd::OwnedFd> {
-        self.handle.try_clone()
+    pub(crate) fn handle(&self) -> io::Result<sys::DirHandle> {
+        sys::clone_handle(&self.handle)
     }
 
     /// The path of a file in the directory, for messages.
@@ -190,70 +190,89 @@ impl RuntimeDir {
 
     /// Opens `file` inside the directory, never following a symbolic link.
     fn open_file(&self, file: &str, access: Access) -> io::Result<File> {
-        #[cfg(unix)]
-        {
-            platform::open_at(&self.handle, file, access)
-        }
-        #[cfg(not(unix))]
-        {
-            let mut options = fs::OpenOptions::new();
-            match access {
-                Access::Read => options.read(true),
-                Access::Lock => options.read(true).write(true).create(true).truncate(false),
-                Access::Append => options.append(true).create(true),
-                Access::CreateNew => options.read(true).write(true).create_new(true),
-            };
-            options.open(self.path.join(file))
-        }
-    }
-
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        #[cfg(unix)]
-        {
-            rustix::fs::renameat(&*self.handle, from, &*self.handle, to).map_err(io::Error::from)
-        }
-        #[cfg(not(unix))]
-        {
-            fs::rename(self.path.join(from), self.path.join(to))
-        }
+        sys::open_at(&self.handle, file, access)
     }
 
     /// Removes `file`; a missing file is not an error.
     fn remove(&self, file: &str) -> io::Result<()> {
-        #[cfg(unix)]
-        let removed = rustix::fs::unlinkat(&*self.handle, file, rustix::fs::AtFlags::empty())
-            .map_err(io::Error::from);
-        #[cfg(not(unix))]
-        let removed = fs::remove_file(self.path.join(file));
-        match removed {
+        match sys::remove_at(&self.handle, file) {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    /// Refuses a directory another user could read or plant files in, or a file that
+    /// is not a regular file of ours, readable and writable by us alone.
+    fn check_private(
+        &self,
+        stat: io::Result<Stat>,
+        path: &Path,
+        kind: Private,
+    ) -> Result<(), Error> {
+        let stat = stat.map_err(|error| refuse(path, format!("cannot inspect it: {error}")))?;
+        let me = sys::euid();
+        let (wanted, what, trust, fix) = match kind {
+            Private::Dir => (
+                FileKind::Dir,
+                "directory",
+                "",
+                format!("chmod 700 {}`", path.display()),
+            ),
+            Private::File => (
+                FileKind::File,
+                "regular file",
+                ", so it cannot be trusted",
+                format!(
+                    "chmod 600 {}` and restart the daemon, whose secret may have been read \
+                     (`shutdown()` it or stop its process; the next connect starts a fresh one)",
+                    path.display()
+                ),
+            ),
+        };
+        if stat.kind != wanted {
+            return Err(refuse(path, format!("it is not a {what}; remove it")));
+        }
+        if stat.uid != me {
+            return Err(refuse(
+                path,
+                format!(
+                    "it is owned by uid {}, not by you (uid {me}){trust}; remove it or choose \
+                     another {DIR_ENV}",
+                    stat.uid
+                ),
+            ));
+        }
+        if stat.mode & 0o077 != 0 {
+            return Err(refuse(
+                path,
+                format!(
+                    "its permissions {:o} let other users in{trust}; run `{fix}",
+                    stat.mode & 0o777,
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads a file that decides whom to trust: `Ok(None)` if it does not exist, an
     /// [`Error::RuntimeDir`] if it is not a regular file of yours that only you can
     /// read and write.
     fn read_private(&self, file: &str) -> Result<Option<Vec<u8>>, Error> {
+        let path = self.display(file);
         let mut opened = match self.open_file(file, Access::Read) {
             Ok(opened) => opened,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => {
-                return Err(Error::io(
-                    format!("opening {}", self.display(file).display()),
-                    error,
-                ));
+                return Err(Error::io(format!("opening {}", path.display()), error));
             }
         };
-        #[cfg(unix)]
-        platform::check_private(&opened, &self.display(file), platform::Private::File)?;
+        self.check_private(sys::stat_file(&opened), &path, Private::File)?;
         let mut bytes = Vec::new();
-        opened.read_to_end(&mut bytes).map_err(|error| {
-            Error::io(format!("reading {}", self.display(file).display()), error)
-        })?;
+        opened
+            .read_to_end(&mut bytes)
+            .map_err(|error| Error::io(format!("reading {}", path.display()), error))?;
         Ok(Some(bytes))
     }
-
     /// The published metadata: `Ok(None)` when there is none; [`Error::RuntimeDir`] when
     /// the file cannot be trusted; another error when it cannot be read or parsed (a
     /// stale or corrupt file).
@@ -311,7 +330,6 @@ impl RuntimeDir {
     /// A private file holding `bytes` that has no name any more: what a daemon being
     /// spawned reads its launch description from (init arguments included), so that
     /// nothing is left behind and nobody else can open it.
-    #[cfg(unix)]
     pub(crate) fn anonymous_file(&self, bytes: &[u8]) -> Result<File, Error> {
         let tmp = temporary_name("launch");
         let result = (|| {
@@ -426,7 +444,7 @@ impl RuntimeDir {
             let mut opened = self.open_file(&tmp, Access::CreateNew)?;
             opened.write_all(bytes)?;
             opened.sync_all()?;
-            self.rename(&tmp, file)
+            sys::rename_at(&self.handle, &tmp, file)
         })();
         result.map_err(|error| {
             let _ = self.remove(&tmp);
@@ -453,325 +471,133 @@ pub(crate) struct HeldLock {
 
 impl HeldLock {
     /// Another descriptor of the locked file, to hand to a daemon being spawned.
-    #[cfg(unix)]
-    pub(crate) fn share(&self) -> io::Result<std::os::fd::OwnedFd> {
-        self.file.try_clone().map(std::os::fd::OwnedFd::from)
+    pub(crate) fn share(&self) -> io::Result<File> {
+        self.file.try_clone()
     }
 }
 
 /// Creates `path` and any missing parents, 0700 for those it creates.
 fn create_private_dir(path: &Path) -> Result<(), Error> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(path).map_err(|error| Error::RuntimeDir {
+    sys::create_dir_all_private(path).map_err(|error| Error::RuntimeDir {
         path: path.to_path_buf(),
         reason: format!("cannot create it ({error}); set {DIR_ENV} to a directory you own"),
     })
 }
 
-/// The Unix checks and directory-relative calls.
-#[cfg(unix)]
-mod platform {
-    use std::fs::File;
-    use std::io;
-    use std::os::fd::{AsFd, OwnedFd};
-    use std::path::{Component, Path, PathBuf};
+/// What must be private: the runtime directory, or a file in it read for trust.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Private {
+    Dir,
+    File,
+}
 
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
-
-    use super::{Access, DIR_ENV};
-    use crate::error::Error;
-
-    fn refuse(path: &Path, reason: String) -> Error {
-        Error::RuntimeDir {
-            path: path.to_path_buf(),
-            reason,
-        }
+fn refuse(path: &Path, reason: String) -> Error {
+    Error::RuntimeDir {
+        path: path.to_path_buf(),
+        reason,
     }
+}
 
-    fn file_type(stat: &Stat) -> FileType {
-        FileType::from_raw_mode(stat.st_mode as _)
+/// Whether someone other than us (and root) can replace what is inside a directory:
+/// its owner is another user, or others may write to it and no sticky bit stops them
+/// from renaming our entries.
+fn check_guarding_dir(stat: &Stat, path: &Path) -> Result<(), Error> {
+    let me = sys::euid();
+    if stat.uid != me && stat.uid != 0 {
+        return Err(refuse(
+            path,
+            format!(
+                "it is owned by uid {}, not by you (uid {me}) or root, so that user could \
+                 replace the runtime directory and impersonate your daemon; choose a base \
+                 directory of your own with {DIR_ENV}",
+                stat.uid
+            ),
+        ));
     }
-
-    fn mode(stat: &Stat) -> u32 {
-        // `st_mode` is a u16 on some systems.
-        #[allow(clippy::useless_conversion)]
-        let mode = u32::from(stat.st_mode);
-        mode & 0o7777
+    if stat.mode & 0o022 != 0 && stat.mode & 0o1000 == 0 {
+        return Err(refuse(
+            path,
+            format!(
+                "its permissions {:o} let other users write to it without the sticky bit, \
+                 so they could replace the runtime directory and impersonate your daemon; run \
+                 `chmod go-w {}` (or `chmod +t` for a shared directory like /tmp), or choose \
+                 another {DIR_ENV}",
+                stat.mode,
+                path.display()
+            ),
+        ));
     }
+    Ok(())
+}
 
-    /// Whether someone other than us (and root) can replace what is inside a directory:
-    /// its owner is another user, or others may write to it and no sticky bit stops
-    /// them from renaming our entries.
-    fn check_guarding_dir(stat: &Stat, path: &Path) -> Result<(), Error> {
-        let me = rustix::process::geteuid().as_raw();
-        if stat.st_uid != me && stat.st_uid != 0 {
-            return Err(refuse(
-                path,
-                format!(
-                    "it is owned by uid {}, not by you (uid {me}) or root, so that user could \
-                     replace the runtime directory and impersonate your daemon; choose a base \
-                     directory of your own with {DIR_ENV}",
-                    stat.st_uid
-                ),
-            ));
-        }
-        let mode = mode(stat);
-        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-            return Err(refuse(
-                path,
-                format!(
-                    "its permissions {mode:o} let other users write to it without the sticky bit, \
-                     so they could replace the runtime directory and impersonate your daemon; run \
-                     `chmod go-w {}` (or `chmod +t` for a shared directory like /tmp), or choose \
-                     another {DIR_ENV}",
-                    path.display()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Opens the base directory after checking it and every directory above it. The
-    /// walk goes down from `/` one component at a time, never following a link, and
-    /// checks each directory through the handle it opened: a directory swapped during
-    /// the walk is refused, never checked in the place of another.
-    pub(super) fn open_base(base: &Path) -> Result<OwnedFd, Error> {
-        check_links_in(base)?;
-        let canonical = std::fs::canonicalize(base)
-            .map_err(|error| refuse(base, format!("cannot resolve it: {error}")))?;
-        // O_PATH needs no read permission on the directories above (Linux).
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        let access = OFlags::PATH;
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let access = OFlags::RDONLY;
-        let flags = access | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mut walked = PathBuf::from("/");
-        let mut handle = rustix::fs::open(&walked, flags, Mode::empty())
-            .map_err(|error| refuse(&walked, format!("cannot open it: {error}")))?;
-        loop {
-            let stat = rustix::fs::fstat(&handle)
-                .map_err(|error| refuse(&walked, format!("cannot inspect it: {error}")))?;
-            check_guarding_dir(&stat, &walked)?;
-            let Some(next) = canonical.components().nth(walked.components().count()) else {
-                return Ok(handle);
-            };
-            let Component::Normal(name) = next else {
-                return Err(refuse(base, "its resolved path is not plain".into()));
-            };
-            walked.push(name);
-            handle = rustix::fs::openat(&handle, name, flags, Mode::empty()).map_err(|error| {
-                refuse(
-                    &walked,
-                    format!("cannot open it ({error}); was it replaced while being checked?"),
-                )
-            })?;
-        }
-    }
-
-    /// The symbolic links on the way to `base` as configured: each decides where the
-    /// base is, so each must belong to you or to root.
-    fn check_links_in(base: &Path) -> Result<(), Error> {
-        use std::os::unix::fs::MetadataExt;
-        let me = rustix::process::geteuid().as_raw();
-        for prefix in base
-            .ancestors()
-            .filter(|prefix| !prefix.as_os_str().is_empty())
-        {
-            let Ok(metadata) = std::fs::symlink_metadata(prefix) else {
-                continue;
-            };
-            if metadata.file_type().is_symlink() && metadata.uid() != me && metadata.uid() != 0 {
-                return Err(refuse(
-                    prefix,
-                    format!(
-                        "it is a symbolic link owned by uid {}, not by you (uid {me}) or root, so \
-                         that user decides where your runtime directory is; point {DIR_ENV} at a \
-                         directory of your own",
-                        metadata.uid()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Creates (0700) and opens `name` inside the base, refusing a symbolic link, and
-    /// checks that it is a private directory of ours.
-    pub(super) fn open_private_dir(
-        base: &OwnedFd,
-        name: &str,
-        path: &Path,
-    ) -> Result<OwnedFd, Error> {
-        match rustix::fs::mkdirat(base, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(error) => {
-                return Err(refuse(
-                    path,
-                    format!("cannot create it ({error}); set {DIR_ENV} to a directory you own"),
-                ));
-            }
-        }
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let handle = rustix::fs::openat(base, name, flags, Mode::empty()).map_err(|error| {
-            let symlink = rustix::fs::statat(base, name, AtFlags::SYMLINK_NOFOLLOW)
-                .is_ok_and(|stat| file_type(&stat) == FileType::Symlink);
-            if symlink {
-                refuse(
-                    path,
-                    format!(
-                        "it is a symbolic link; remove it (`rm {}`) and let loopback-singleton \
-                         create a real directory",
-                        path.display()
-                    ),
-                )
-            } else {
-                refuse(path, format!("cannot open it as a directory: {error}"))
-            }
+/// Opens the base directory after checking it and every directory above it. The walk
+/// goes down from the root one component at a time, never following a link, and checks
+/// each directory through the handle it opened: a directory swapped during the walk is
+/// refused, never checked in the place of another.
+fn open_base(base: &Path) -> Result<sys::DirHandle, Error> {
+    check_links_in(base)?;
+    let canonical = fs::canonicalize(base)
+        .map_err(|error| refuse(base, format!("cannot resolve it: {error}")))?;
+    let mut walked = canonical
+        .ancestors()
+        .last()
+        .unwrap_or(&canonical)
+        .to_path_buf();
+    let mut handle = sys::open_root(&canonical)
+        .map_err(|error| refuse(&walked, format!("cannot open it: {error}")))?;
+    let names = canonical
+        .components()
+        .filter_map(|component| match component {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        });
+    for name in names {
+        let stat = sys::stat_dir(&handle)
+            .map_err(|error| refuse(&walked, format!("cannot inspect it: {error}")))?;
+        check_guarding_dir(&stat, &walked)?;
+        walked.push(name);
+        handle = sys::open_dir_at(&handle, name).map_err(|error| {
+            refuse(
+                &walked,
+                format!("cannot open it ({error}); was it replaced while being checked?"),
+            )
         })?;
-        check_private(&handle, path, Private::Dir)?;
-        Ok(handle)
     }
+    let stat = sys::stat_dir(&handle)
+        .map_err(|error| refuse(&walked, format!("cannot inspect it: {error}")))?;
+    check_guarding_dir(&stat, &walked)?;
+    Ok(handle)
+}
 
-    /// Opens the working directory (a spawned daemon's runtime directory) and checks it.
-    pub(super) fn open_current_dir(path: &Path) -> Result<OwnedFd, Error> {
-        let handle = rustix::fs::open(
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|error| refuse(path, format!("cannot open the working directory: {error}")))?;
-        check_private(&handle, path, Private::Dir)?;
-        Ok(handle)
-    }
-
-    /// What must be private: the runtime directory, or a file in it read for trust.
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    pub(super) enum Private {
-        Dir,
-        File,
-    }
-
-    /// Refuses a directory another user could read or plant files in, or a file that
-    /// is not a regular file of ours, readable and writable by us alone.
-    pub(super) fn check_private(
-        handle: impl AsFd,
-        path: &Path,
-        kind: Private,
-    ) -> Result<(), Error> {
-        let stat = rustix::fs::fstat(handle)
-            .map_err(|error| refuse(path, format!("cannot inspect it: {error}")))?;
-        let me = rustix::process::geteuid().as_raw();
-        let (wanted, what, trust, fix) = match kind {
-            Private::Dir => (
-                FileType::Directory,
-                "directory",
-                "",
-                format!("chmod 700 {}", path.display()),
-            ),
-            Private::File => (
-                FileType::RegularFile,
-                "regular file",
-                ", so it cannot be trusted",
-                format!(
-                    "chmod 600 {}` and restart the daemon, whose secret may have been read \
-                     (`shutdown()` it or stop its process; the next connect starts a fresh one",
-                    path.display()
-                ),
-            ),
+/// The symbolic links on the way to `base` as configured: each decides where the base
+/// is, so each must belong to you or to root.
+fn check_links_in(base: &Path) -> Result<(), Error> {
+    let me = sys::euid();
+    for prefix in base
+        .ancestors()
+        .filter(|prefix| !prefix.as_os_str().is_empty())
+    {
+        let Ok(stat) = sys::lstat(prefix) else {
+            continue;
         };
-        if file_type(&stat) != wanted {
-            return Err(refuse(path, format!("it is not a {what}; remove it")));
-        }
-        if stat.st_uid != me {
+        if stat.kind == FileKind::Symlink && stat.uid != me && stat.uid != 0 {
             return Err(refuse(
-                path,
+                prefix,
                 format!(
-                    "it is owned by uid {}, not by you (uid {me}){trust}; remove it or choose \
-                     another {DIR_ENV}",
-                    stat.st_uid
+                    "it is a symbolic link owned by uid {}, not by you (uid {me}) or root, so \
+                     that user decides where your runtime directory is; point {DIR_ENV} at a \
+                     directory of your own",
+                    stat.uid
                 ),
             ));
         }
-        if mode(&stat) & 0o077 != 0 {
-            let close = if kind == Private::File { ")" } else { "`" };
-            return Err(refuse(
-                path,
-                format!(
-                    "its permissions {:o} let other users in{trust}; run `{fix}{close}",
-                    mode(&stat) & 0o777,
-                ),
-            ));
-        }
-        Ok(())
     }
-
-    pub(super) fn open_at(dir: &OwnedFd, file: &str, access: Access) -> io::Result<File> {
-        let flags = OFlags::NOFOLLOW
-            | OFlags::CLOEXEC
-            | match access {
-                Access::Read => OFlags::RDONLY,
-                Access::Lock => OFlags::RDWR | OFlags::CREATE,
-                Access::Append => OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
-                Access::CreateNew => OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
-            };
-        let fd = rustix::fs::openat(dir, file, flags, Mode::from_raw_mode(0o600))?;
-        Ok(File::from(fd))
-    }
-}
-
-/// The state letter (field 3: `R`, `S`, `Z`...) and start time (field 22, clock ticks
-/// since boot) of a process, from `/proc/<pid>/stat`; `None` if there is no such process.
-#[cfg(target_os = "linux")]
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past its last
-    // ')'. The state is then the first field after it, the start time the 20th.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    Some((state, fields.nth(18)?.parse().ok()?))
-}
-
-/// The start time of a live process (Linux: field 22 of `/proc/<pid>/stat`), or `None`
-/// if no such process exists.
-pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        proc_stat(pid).map(|(_, start_time)| start_time)
-    }
-    #[cfg(all(unix, not(target_os = "linux")))]
-    {
-        // SAFETY: kill with signal 0 only checks for existence and permission.
-        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
-        alive.then_some(0)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        Some(0)
-    }
-}
-
-/// Whether a process has exited: gone, or a zombie waiting for its parent to reap it.
-pub(crate) fn process_exited(pid: u32) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        proc_stat(pid).is_none_or(|(state, _)| state == 'Z')
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        process_start_time(pid).is_none()
-    }
+    Ok(())
 }
 
 /// Whether the process that wrote `metadata` still runs (pid and start time match).
 pub(crate) fn daemon_alive(metadata: &Metadata) -> bool {
-    process_start_time(metadata.pid) == Some(metadata.start_time)
+    sys::process_start_time(metadata.pid) == Some(metadata.start_time)
 }
 
 #[cfg(test)]
@@ -921,8 +747,8 @@ mod tests {
     #[test]
     fn own_process_is_alive_with_a_stable_start_time() {
         let pid = std::process::id();
-        let start = process_start_time(pid).unwrap();
-        assert_eq!(process_start_time(pid), Some(start));
-        assert_eq!(process_start_time(u32::MAX), None);
+        let start = sys::process_start_time(pid).unwrap();
+        assert_eq!(sys::process_start_time(pid), Some(start));
+        assert_eq!(sys::process_start_time(u32::MAX), None);
     }
 }

@@ -39,8 +39,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Builder, Client, FoundOrStarted, lock};
-use crate::daemon::{self, ServeOptions};
+use crate::daemon;
 use crate::error::Error;
+use crate::options::ServeOptions;
 use crate::protocol::{Fingerprint, RemoteError};
 use crate::service::{Dispatch, Service};
 

@@ -1,0 +1,176 @@
+//! Platforms without Unix calls (Windows): paths instead of directory handles, no
+//! ownership to check (the per-user `%LOCALAPPDATA%` is private by its default ACLs),
+//! and no auto-start: a service is hosted with `Service::serve`.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use super::{Access, FileKind, Handover, Inherited, Stat};
+
+/// A directory, by path.
+pub(crate) type DirHandle = PathBuf;
+
+fn unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "auto-start is implemented for Unix only; host the service with `Service::serve`",
+    )
+}
+
+fn stat_of(metadata: &std::fs::Metadata) -> Stat {
+    let kind = if metadata.file_type().is_symlink() {
+        FileKind::Symlink
+    } else if metadata.is_dir() {
+        FileKind::Dir
+    } else if metadata.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    };
+    // Reported private and ours: the ACLs are not inspected.
+    let mode = if kind == FileKind::Dir { 0o700 } else { 0o600 };
+    Stat {
+        uid: euid(),
+        mode,
+        kind,
+    }
+}
+
+pub(crate) fn euid() -> u32 {
+    0
+}
+
+pub(crate) fn stat_dir(dir: &DirHandle) -> io::Result<Stat> {
+    Ok(stat_of(&std::fs::metadata(dir)?))
+}
+
+pub(crate) fn stat_file(file: &File) -> io::Result<Stat> {
+    Ok(stat_of(&file.metadata()?))
+}
+
+pub(crate) fn lstat(path: &Path) -> io::Result<Stat> {
+    Ok(stat_of(&std::fs::symlink_metadata(path)?))
+}
+
+pub(crate) fn lstat_at(dir: &DirHandle, name: &str) -> io::Result<Stat> {
+    lstat(&dir.join(name))
+}
+
+/// The root of `path` (a drive, say).
+pub(crate) fn open_root(path: &Path) -> io::Result<DirHandle> {
+    Ok(path.ancestors().last().unwrap_or(path).to_path_buf())
+}
+
+pub(crate) fn open_dir_at(dir: &DirHandle, name: &OsStr) -> io::Result<DirHandle> {
+    Ok(dir.join(name))
+}
+
+pub(crate) fn open_workdir_at(dir: &DirHandle, name: &str) -> io::Result<DirHandle> {
+    Ok(dir.join(name))
+}
+
+pub(crate) fn mkdir_at(dir: &DirHandle, name: &str) -> io::Result<()> {
+    match std::fs::create_dir(dir.join(name)) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+pub(crate) fn open_cwd() -> io::Result<DirHandle> {
+    std::env::current_dir()
+}
+
+pub(crate) fn clone_handle(dir: &DirHandle) -> io::Result<DirHandle> {
+    Ok(dir.clone())
+}
+
+pub(crate) fn open_at(dir: &DirHandle, file: &str, access: Access) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    match access {
+        Access::Read => options.read(true),
+        Access::Lock => options.read(true).write(true).create(true).truncate(false),
+        Access::Append => options.append(true).create(true),
+        Access::CreateNew => options.read(true).write(true).create_new(true),
+    };
+    options.open(dir.join(file))
+}
+
+pub(crate) fn rename_at(dir: &DirHandle, from: &str, to: &str) -> io::Result<()> {
+    std::fs::rename(dir.join(from), dir.join(to))
+}
+
+pub(crate) fn remove_at(dir: &DirHandle, file: &str) -> io::Result<()> {
+    std::fs::remove_file(dir.join(file))
+}
+
+/// Not known here: every pid is taken for a live process (start time 0).
+pub(crate) fn process_start_time(_pid: u32) -> Option<u64> {
+    Some(0)
+}
+
+pub(crate) fn process_exited(pid: u32) -> bool {
+    process_start_time(pid).is_none()
+}
+
+pub(crate) fn raise_fd_limit() {}
+
+pub(crate) fn spawn_with(
+    _command: &mut Command,
+    _title: &str,
+    _handover: Handover,
+) -> io::Result<(Child, File)> {
+    Err(unsupported())
+}
+
+pub(crate) fn wait_readable(_file: &File, _timeout: Duration) -> io::Result<bool> {
+    Err(unsupported())
+}
+
+pub(crate) fn take_inherited() -> Inherited {
+    Inherited {
+        ready: None,
+        start_lock: None,
+        launch: None,
+    }
+}
+
+pub(crate) fn remove_env_before_main(_name: &str) {}
+
+pub(crate) fn read_from_start(_file: &File) -> io::Result<Vec<u8>> {
+    Err(unsupported())
+}
+
+pub(crate) fn detach() -> io::Result<()> {
+    Err(unsupported())
+}
+
+pub(crate) fn daemon_stdio(_log: io::Result<File>) {}
+
+/// No stop signals are listened to.
+pub(crate) struct StopSignals;
+
+impl StopSignals {
+    pub(crate) fn listen() -> Self {
+        StopSignals
+    }
+
+    pub(crate) async fn recv(&mut self) {
+        std::future::pending().await
+    }
+}
+
+/// Creates `path` and any missing parents.
+pub(crate) fn create_dir_all_private(path: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(path)
+}
+
+/// `%LOCALAPPDATA%`, private to its user by default ACLs.
+pub(crate) fn local_app_data() -> Option<PathBuf> {
+    std::env::var_os("LOCALAPPDATA")
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+}
