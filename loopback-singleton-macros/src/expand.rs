@@ -13,7 +13,6 @@ use syn::spanned::Spanned;
 
 use crate::fingerprint;
 use crate::model::{Arg, ArgKind, Init, Method, Service, is_byte_vec};
-use crate::parse::pascal_case;
 
 /// Everything `#[local_singleton]` emits for a valid block.
 pub fn service(service: &Service) -> TokenStream {
@@ -115,10 +114,7 @@ fn request_enum(service: &Service, names: &Names) -> TokenStream {
 
 /// The variant of a method: `add_all` → `AddAll`, spanned at the method's name.
 fn variant_ident(method: &Method) -> Ident {
-    Ident::new(
-        &pascal_case(&method.ident.unraw().to_string()),
-        method.ident.span(),
-    )
+    Ident::new(&method.variant_name(), method.ident.span())
 }
 
 /// The type an argument travels as: verbatim, or `<T as ToOwned>::Owned` for `&T`;
@@ -551,27 +547,13 @@ fn variant_indices(methods: &[Method]) -> Vec<TokenStream> {
         .iter()
         .map(|method| {
             let index = quote!(#fixed #(+ #conditional)*);
-            match cfg_predicate(method) {
+            match method.cfg_predicate() {
                 None => fixed += 1,
                 Some(predicate) => conditional.push(quote!((::core::cfg!(#predicate) as u32))),
             }
             index
         })
         .collect()
-}
-
-/// `all(p, q)` for a method under `#[cfg(p)] #[cfg(q)]`; `None` for an unconditional one.
-pub fn cfg_predicate(method: &Method) -> Option<TokenStream> {
-    if method.attrs.cfgs.is_empty() {
-        return None;
-    }
-    let predicates = method
-        .attrs
-        .cfgs
-        .iter()
-        .filter_map(|attr| attr.meta.require_list().ok())
-        .map(|list| &list.tokens);
-    Some(quote!(all(#(#predicates),*)))
 }
 
 // ---------------------------------------------------------------------------------------
