@@ -13,7 +13,6 @@ use syn::spanned::Spanned;
 
 use crate::fingerprint;
 use crate::model::{Arg, ArgKind, Init, Method, Service, is_byte_vec};
-use crate::parse::pascal_case;
 
 /// Everything `#[local_singleton]` emits for a valid block.
 pub fn service(service: &Service) -> TokenStream {
@@ -67,7 +66,9 @@ impl Names {
 // The request enum
 // ---------------------------------------------------------------------------------------
 
-/// `CounterRequest`: one struct-like variant per exposed method, fields owned.
+/// `CounterRequest`: one struct-like variant per exposed method, fields owned. What the
+/// daemon decodes; the client encodes the same bytes without it (see the call encoding
+/// invariant at [`client_method`]).
 fn request_enum(service: &Service, names: &Names) -> TokenStream {
     let Names {
         type_name, request, ..
@@ -115,10 +116,7 @@ fn request_enum(service: &Service, names: &Names) -> TokenStream {
 
 /// The variant of a method: `add_all` → `AddAll`, spanned at the method's name.
 fn variant_ident(method: &Method) -> Ident {
-    Ident::new(
-        &pascal_case(&method.ident.unraw().to_string()),
-        method.ident.span(),
-    )
+    Ident::new(&method.variant_name(), method.ident.span())
 }
 
 /// The type an argument travels as: verbatim, or `<T as ToOwned>::Owned` for `&T`;
@@ -495,6 +493,27 @@ fn connect_doc(init: Option<&Init>, name: &str) -> String {
 /// A client method: the original's name, visibility, docs and parameters, returning the
 /// original return type inside the transport `Result` — at once (blocking), or from a
 /// future that borrows nothing (async).
+///
+/// # The call encoding invariant
+///
+/// The client never builds a `CounterRequest`: it sends `(index, args)` — `Client::call`
+/// (and `AsyncClient::call`) writes the `u32` `index` with postcard, then the tuple of the
+/// arguments as the caller passed them, borrowed. The daemon decodes those bytes as a
+/// `CounterRequest`. This works because postcard writes an enum value as its variant
+/// index (a varint `u32`, like the `index`) followed by its fields in order, and a tuple
+/// as its elements in order, with nothing around them. So the bytes of `(index, args)`
+/// equal those of `CounterRequest::Variant { fields }` as long as:
+/// - `index` is the variant's position among the variants compiled in, which
+///   [`variant_indices`] computes with `cfg!` for the methods under `#[cfg]`;
+/// - `args` holds the variant's fields in order (both follow the method's arguments,
+///   see [`request_enum`]), each encoded as its field is: a `&T` argument as the field's
+///   `<T as ToOwned>::Owned` (serde writes `&str` as `String`, `&[T]` as `Vec<T>` and
+///   `&T` as `T`), and a byte buffer as a byte string on both sides (`Bytes` here,
+///   `serde_bytes` on the field).
+///
+/// Borrowing saves cloning every argument into an owned request. `tests/request_encoding.rs`
+/// in the root package checks the equality for every argument form, with methods under
+/// `#[cfg]` on either side of the others, on the code this macro generates.
 fn client_method(method: &Method, index: TokenStream, flavor: Flavor) -> TokenStream {
     let Method {
         ident,
@@ -515,18 +534,18 @@ fn client_method(method: &Method, index: TokenStream, flavor: Flavor) -> TokenSt
             quote!(#ident)
         }
     });
+    // The call encoding invariant (above) holds here.
     let call = quote!(self.inner.call(#index, &(#(#values,)*)));
-    let into_vec = quote!(::loopback_singleton::__private::serde_bytes::ByteBuf::into_vec);
-    let (output, call) = match output {
-        Some(ty) if is_byte_vec(ty) => {
-            let call = match flavor {
-                Flavor::Blocking => quote!(#call.map(#into_vec)),
-                Flavor::Async => quote!(#call.map(#into_vec)),
-            };
-            (quote!(#ty), call)
-        }
-        Some(ty) => (quote!(#ty), call),
-        None => (quote!(()), call),
+    // A `Vec<u8>` reply arrives as a byte string. Both flavors convert it the same way:
+    // `Result::map` (blocking) and `Call::map` (async) share their name and shape.
+    let call = if output.as_ref().is_some_and(is_byte_vec) {
+        quote!(#call.map(::loopback_singleton::__private::serde_bytes::ByteBuf::into_vec))
+    } else {
+        call
+    };
+    let output = match output {
+        Some(ty) => quote!(#ty),
+        None => quote!(()),
     };
     let returns = match flavor {
         Flavor::Blocking => quote!(::core::result::Result<#output, ::loopback_singleton::Error>),
@@ -543,7 +562,9 @@ fn client_method(method: &Method, index: TokenStream, flavor: Flavor) -> TokenSt
 }
 
 /// Each method's variant index on the wire, as a `u32` expression: its position among the
-/// variants compiled in, since a method under `#[cfg]` may be compiled out.
+/// variants compiled in, since a method under `#[cfg]` may be compiled out. It must be the
+/// index serde gives the method's `CounterRequest` variant: see the call encoding
+/// invariant at [`client_method`].
 fn variant_indices(methods: &[Method]) -> Vec<TokenStream> {
     let mut fixed = 0u32;
     let mut conditional = Vec::new();
@@ -551,27 +572,13 @@ fn variant_indices(methods: &[Method]) -> Vec<TokenStream> {
         .iter()
         .map(|method| {
             let index = quote!(#fixed #(+ #conditional)*);
-            match cfg_predicate(method) {
+            match method.cfg_predicate() {
                 None => fixed += 1,
                 Some(predicate) => conditional.push(quote!((::core::cfg!(#predicate) as u32))),
             }
             index
         })
         .collect()
-}
-
-/// `all(p, q)` for a method under `#[cfg(p)] #[cfg(q)]`; `None` for an unconditional one.
-pub fn cfg_predicate(method: &Method) -> Option<TokenStream> {
-    if method.attrs.cfgs.is_empty() {
-        return None;
-    }
-    let predicates = method
-        .attrs
-        .cfgs
-        .iter()
-        .filter_map(|attr| attr.meta.require_list().ok())
-        .map(|list| &list.tokens);
-    Some(quote!(all(#(#predicates),*)))
 }
 
 // ---------------------------------------------------------------------------------------

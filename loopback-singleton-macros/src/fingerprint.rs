@@ -7,7 +7,6 @@ use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
 use syn::ext::IdentExt;
 
-use crate::expand::cfg_predicate;
 use crate::model::{Method, Service};
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -26,7 +25,7 @@ pub fn schema_expr(service: &Service) -> TokenStream {
         .iter()
         .enumerate()
         .filter_map(|(index, method)| {
-            let predicate = cfg_predicate(method)?;
+            let predicate = method.cfg_predicate()?;
             let hash = fnv1a(format!("absent {index} {}", canonical_method(method)).as_bytes());
             Some(quote!(^ if ::core::cfg!(#predicate) { 0u64 } else { #hash }))
         });

@@ -4,6 +4,13 @@
 //!
 //! The macro parses the annotated impl block into a `model::Service` (validating it on
 //! the way, in `parse`), then expands the model (in `expand`).
+//!
+//! The modules, bottom-up; each imports only those above it in this list:
+//! - `model`: what the macro understood of the block, and the facts derived from it alone
+//!   (a method's variant name, its `#[cfg]` predicate). Imports nothing of the crate.
+//! - `parse`: tokens → a validated model, or every misuse found.
+//! - `fingerprint`: model → the schema fingerprint.
+//! - `expand`: model → the generated items (the fingerprint among them).
 
 mod expand;
 mod fingerprint;

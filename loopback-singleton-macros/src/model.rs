@@ -1,6 +1,9 @@
 //! What `#[local_singleton]` understood of an `impl` block: the model that parsing
 //! produces and expansion consumes. Every value here has already been validated.
 
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::ext::IdentExt;
 use syn::{Attribute, Ident, ItemImpl, LitStr, Type, Visibility};
 
 /// A service: the annotated `impl` block of one type.
@@ -32,6 +35,41 @@ pub struct Method {
     pub output: Option<Type>,
     pub is_async: bool,
     pub attrs: ForwardedAttrs,
+}
+
+impl Method {
+    /// The name of the method's request variant: `add_all` → `AddAll`. Two methods with
+    /// the same variant name are refused (in `parse`).
+    pub fn variant_name(&self) -> String {
+        pascal_case(&self.ident.unraw().to_string())
+    }
+
+    /// `all(p, q)` for a method under `#[cfg(p)] #[cfg(q)]`; `None` for an unconditional
+    /// one. Such a method may be compiled out, which shifts the variant indices after it.
+    pub fn cfg_predicate(&self) -> Option<TokenStream> {
+        if self.attrs.cfgs.is_empty() {
+            return None;
+        }
+        let predicates = self
+            .attrs
+            .cfgs
+            .iter()
+            .filter_map(|attr| attr.meta.require_list().ok())
+            .map(|list| &list.tokens);
+        Some(quote!(all(#(#predicates),*)))
+    }
+}
+
+/// `add_all` → `AddAll`: a snake-case name in Pascal case.
+pub fn pascal_case(snake: &str) -> String {
+    snake
+        .split('_')
+        .flat_map(|word| {
+            let mut chars = word.chars();
+            chars.next().map(|first| first.to_uppercase().chain(chars))
+        })
+        .flatten()
+        .collect()
 }
 
 /// How a method borrows the instance. Classified once, matched everywhere.

@@ -516,7 +516,7 @@ fn check_variant_clashes(methods: &[Method]) -> syn::Result<()> {
     let mut errors = Errors::default();
     let mut seen = HashMap::new();
     for method in methods {
-        let variant = pascal_case(&method.ident.unraw().to_string());
+        let variant = method.variant_name();
         if let Some(first) = seen.insert(variant.clone(), &method.ident) {
             errors.push(Error::new_spanned(
                 &method.ident,
@@ -528,18 +528,6 @@ fn check_variant_clashes(methods: &[Method]) -> syn::Result<()> {
         }
     }
     errors.0.map_or(Ok(()), Err)
-}
-
-/// `add_all` → `AddAll`: the request variant of a method.
-pub fn pascal_case(snake: &str) -> String {
-    snake
-        .split('_')
-        .flat_map(|word| {
-            let mut chars = word.chars();
-            chars.next().map(|first| first.to_uppercase().chain(chars))
-        })
-        .flatten()
-        .collect()
 }
 
 fn forwarded_attrs(attrs: &[Attribute]) -> ForwardedAttrs {

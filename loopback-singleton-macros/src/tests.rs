@@ -4,7 +4,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use crate::model::{ArgKind, Receiver, Service};
-use crate::{expand, fingerprint, parse};
+use crate::{expand, fingerprint, model, parse};
 
 fn parse_ok(attr: TokenStream, item: TokenStream) -> Service {
     match parse::service(attr, item) {
@@ -511,8 +511,8 @@ fn fnv1a_matches_the_reference_values() {
 
 #[test]
 fn pascal_case_of_method_names() {
-    assert_eq!(parse::pascal_case("add_all"), "AddAll");
-    assert_eq!(parse::pascal_case("inc"), "Inc");
-    assert_eq!(parse::pascal_case("get_2x"), "Get2x");
-    assert_eq!(parse::pascal_case("_private__x"), "PrivateX");
+    assert_eq!(model::pascal_case("add_all"), "AddAll");
+    assert_eq!(model::pascal_case("inc"), "Inc");
+    assert_eq!(model::pascal_case("get_2x"), "Get2x");
+    assert_eq!(model::pascal_case("_private__x"), "PrivateX");
 }
