@@ -250,7 +250,7 @@ impl Core {
         let link = self.link().await?;
         // An `async fn` method awaiting a call to its own instance would wait for
         // itself: calls run one at a time.
-        if crate::daemon::runs_on_this_thread(link.instance) {
+        if crate::service::runs_on_this_thread(link.instance) {
             return Err(Error::Reentrant {
                 name: self.name.clone(),
             });

@@ -778,7 +778,7 @@ impl Inner {
     /// Refuses a call from a method of the very instance it would call: calls run one
     /// at a time, so it would wait for itself forever.
     fn refuse_reentry(&self, connection: Connection) -> Result<Connection, Error> {
-        if crate::daemon::runs_on_this_thread(connection.instance) {
+        if crate::service::runs_on_this_thread(connection.instance) {
             self.checkin(connection);
             return Err(Error::Reentrant {
                 name: self.name.clone(),

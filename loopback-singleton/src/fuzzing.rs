@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::daemon;
+use crate::host;
 use crate::protocol::{self, DaemonInfo, FrameError, RemoteError};
 use crate::runtime_dir::Metadata;
 use crate::service::Service;
@@ -104,7 +104,7 @@ pub fn reply<R: DeserializeOwned>(data: &[u8]) -> Option<Result<R, RemoteError>>
 /// Feeds `data` to the daemon's side of the handshake (as the bytes a peer sends).
 /// Without the secret nobody is admitted, and the daemon says nothing but its challenge.
 pub fn daemon_handshake<S: Service>(data: &[u8]) -> Vec<u8> {
-    let (output, admitted) = daemon::fuzz::handshake::<S>(data);
+    let (output, admitted) = host::fuzz::handshake::<S>(data);
     assert!(!admitted, "a peer without the secret was admitted");
     if !output.is_empty() {
         let mut reader = &output[..];
@@ -147,7 +147,7 @@ pub fn daemon_requests<S: Service>(instance: S, data: &[u8], max_frame: u32) -> 
         }
     }
 
-    let (output, clean) = daemon::fuzz::requests(instance, data, max_frame);
+    let (output, clean) = host::fuzz::requests(instance, data, max_frame);
     assert_eq!(
         clean, !violation,
         "closed on a violation exactly when there is one"

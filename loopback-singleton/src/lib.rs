@@ -3,11 +3,11 @@
 
 mod async_client;
 mod client;
-mod daemon;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod host;
 mod options;
 mod protocol;
 mod runtime_dir;
@@ -36,6 +36,6 @@ pub mod __private {
     pub use serde;
     pub use serde_bytes;
 
-    pub use crate::daemon::daemon_hook;
+    pub use crate::host::daemon_hook;
     pub use crate::service::{IntoInstance, encode_reply};
 }

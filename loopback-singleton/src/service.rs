@@ -5,6 +5,7 @@
 //! client, [`Builder`](crate::Builder)) can name it, and so that a user can host a
 //! service in a process of their own with [`Service::serve`].
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -68,7 +69,7 @@ pub trait Service: Sized + 'static {
     /// }
     /// ```
     fn serve(init: Self::Init, options: crate::ServeOptions) -> Result<(), Error> {
-        crate::daemon::serve::<Self>(init, options)
+        crate::host::serve::<Self>(init, options)
     }
 }
 
@@ -129,4 +130,32 @@ impl<S, E: std::fmt::Display> IntoInstance<S> for Result<S, E> {
     fn into_instance(self) -> Result<S, String> {
         self.map_err(|error| error.to_string())
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_string()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}
+
+thread_local! {
+    /// On an instance thread, the instance it hosts: a call from this thread to that
+    /// instance would wait behind the very call that makes it.
+    static HOSTED_HERE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the calling thread as the one running `instance`'s methods.
+pub(crate) fn host_on_this_thread(instance: u64) {
+    HOSTED_HERE.set(Some(instance));
+}
+
+/// Whether the calling thread is the one running `instance`'s methods: a call to it
+/// from here can never be answered (calls run one at a time).
+pub(crate) fn runs_on_this_thread(instance: u64) -> bool {
+    HOSTED_HERE.get() == Some(instance)
 }

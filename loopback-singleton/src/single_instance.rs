@@ -39,8 +39,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Builder, Client, FoundOrStarted, lock};
-use crate::daemon;
 use crate::error::Error;
+use crate::host;
 use crate::options::ServeOptions;
 use crate::protocol::{Fingerprint, RemoteError};
 use crate::service::{Dispatch, Service};
@@ -398,7 +398,7 @@ impl<P: Payload> SingleInstance<P> {
             let found = Client::find_or_start(builder, payload_type, move |dir, launch| {
                 let launch = launch.clone();
                 let construct = Box::new(move || Ok(Host { state: host_state }));
-                daemon::start_background::<Host<P>>(dir.clone(), launch, construct, verbose)
+                host::start_background::<Host<P>>(dir.clone(), launch, construct, verbose)
             })?;
             let client = match found {
                 FoundOrStarted::Started(host) => {
@@ -495,7 +495,7 @@ impl<P: Payload> Primary<P> {
     fn new(
         name: String,
         state: Arc<State<P>>,
-        host: daemon::Background,
+        host: host::Background,
         requests: mpsc::Receiver<()>,
         hold: Option<Duration>,
     ) -> Self {
@@ -951,7 +951,7 @@ impl<P: Payload> State<P> {
                     let _ = writeln!(
                         std::io::stderr().lock(),
                         "loopback-singleton: a single-instance callback panicked: {}",
-                        daemon::panic_message(&*panic)
+                        crate::service::panic_message(&*panic)
                     );
                 }
             }

@@ -1,0 +1,196 @@
+//! The front thread: accepts connections, runs the daemon's half of the handshake
+//! under its deadline, counts clients, and decides when the host retires.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::protocol::handshake::Role;
+use crate::protocol::{self, Secret};
+use crate::sys;
+
+use super::*;
+/// Accepts, authenticates and counts connections until the daemon retires; says why.
+pub(super) async fn front(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    secret: Secret,
+    to_instance: mpsc::UnboundedSender<ToInstance>,
+    signals: Signals,
+) -> &'static str {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(listener) => listener,
+        Err(_) => return "cannot register the listener",
+    };
+    let mut stop_signals = (signals == Signals::Retire).then(sys::StopSignals::listen);
+    loop {
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return "shutdown requested";
+        }
+        let idle_deadline = shared.idle_deadline().map(tokio::time::Instant::from_std);
+        // With every handshake slot taken, newcomers wait in the listen backlog until a
+        // slot frees (each handshake has a deadline) instead of being turned away.
+        let slot_free = shared.handshaking.load(Ordering::Acquire) < MAX_PENDING_HANDSHAKES;
+        tokio::select! {
+            accepted = listener.accept(), if slot_free => match accepted {
+                Ok((stream, _)) => {
+                    if shared.connections.load(Ordering::Acquire) >= shared.options.max_connections {
+                        log_peer("connection refused: max_connections reached");
+                        continue;
+                    }
+                    shared.handshaking.fetch_add(1, Ordering::AcqRel);
+                    tokio::spawn(admit(stream, Arc::clone(&shared), secret, to_instance.clone()));
+                }
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    log_peer(&format!("accept failed: {error}"));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            () = shared.wake_front.notified() => {}
+            () = sleep_until_opt(idle_deadline) => {
+                if shared.idle_deadline().is_some_and(|deadline| deadline <= Instant::now()) {
+                    return "idle TTL elapsed with no client connected";
+                }
+            }
+            () = stop_signal(&mut stop_signals) => return "SIGTERM or SIGINT",
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT, if the host listens to them.
+pub(super) async fn stop_signal(signals: &mut Option<sys::StopSignals>) {
+    match signals {
+        Some(signals) => signals.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the handshake under its deadline; hands an authenticated connection over.
+pub(super) async fn admit(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    secret: Secret,
+    to_instance: mpsc::UnboundedSender<ToInstance>,
+) {
+    let _ = stream.set_nodelay(true);
+    let outcome = tokio::time::timeout(
+        shared.options.handshake_timeout,
+        handshake(&mut stream, &shared, &secret),
+    )
+    .await;
+    if shared.handshaking.fetch_sub(1, Ordering::AcqRel) == MAX_PENDING_HANDSHAKES {
+        // The front thread may be waiting for a free slot.
+        shared.wake_front.notify_one();
+    }
+    if let Ok(Ok(())) = outcome {
+        if let Ok(stream) = stream.into_std() {
+            shared.connections.fetch_add(1, Ordering::AcqRel);
+            let guard = ConnectionGuard(Arc::clone(&shared));
+            // If the instance thread is gone, the guard comes back and is dropped here.
+            let _ = to_instance.send(ToInstance::Connection(stream, guard));
+        }
+    }
+}
+
+/// Counts one authenticated connection until dropped, however it ends (a panic
+/// included), and starts the idle TTL when the last one goes.
+pub(super) struct ConnectionGuard(pub(super) Arc<Shared>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        shared.mark_idle_now();
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+        shared.wake_front.notify_one();
+    }
+}
+
+/// The daemon's side of the mutual handshake (see [`crate::wire`]). Any failure closes
+/// the connection without a word: an unauthenticated peer learns nothing.
+pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut T,
+    shared: &Shared,
+    secret: &Secret,
+) -> Result<(), ()> {
+    let mut buf = Vec::new();
+    protocol::read_frame_async(stream, &mut buf, protocol::MAX_HANDSHAKE_FRAME)
+        .await
+        .map_err(drop)?;
+    let hello: protocol::handshake::Hello = protocol::decode("hello", &buf).map_err(drop)?;
+    if hello.magic != protocol::MAGIC {
+        return Err(());
+    }
+    let nonce = protocol::random_bytes();
+    let challenge = protocol::handshake::Challenge {
+        magic: protocol::MAGIC,
+        version: protocol::PROTOCOL_VERSION,
+        nonce,
+        proof: *protocol::handshake::proof(secret, Role::Daemon, &hello.nonce, &nonce).as_bytes(),
+    };
+    write_message(stream, &challenge, &mut buf).await?;
+    if hello.version != protocol::PROTOCOL_VERSION {
+        // The client reads our version from the challenge and reports the mismatch.
+        return Err(());
+    }
+    protocol::read_frame_async(stream, &mut buf, protocol::MAX_HANDSHAKE_FRAME)
+        .await
+        .map_err(drop)?;
+    let auth: protocol::handshake::Auth = protocol::decode("auth", &buf).map_err(drop)?;
+    if !protocol::handshake::verify(secret, Role::Client, &hello.nonce, &nonce, &auth.proof) {
+        log_peer("handshake refused: bad client proof");
+        return Err(());
+    }
+    let verdict = if shared.shutting_down.load(Ordering::Acquire) {
+        protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::ShuttingDown)
+    } else if auth.schema != shared.schema {
+        protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Schema {
+            daemon: shared.schema,
+        })
+    } else if auth.init.is_some_and(|init| init != shared.init) {
+        protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Init {
+            running: shared.init_description.clone(),
+        })
+    } else {
+        protocol::handshake::Verdict::Welcome {
+            pid: shared.pid,
+            instance: shared.instance,
+            max_frame: shared.options.max_frame,
+        }
+    };
+    let welcomed = matches!(verdict, protocol::handshake::Verdict::Welcome { .. });
+    write_message(stream, &verdict, &mut buf).await?;
+    if !welcomed {
+        return Err(());
+    }
+    // The starter's token proves nothing on its own: it counts only from a client that
+    // proved the secret. Without a starter, any first client ends the grace.
+    if shared.starter.is_none() || auth.starter == shared.starter {
+        shared.starter_arrived.store(true, Ordering::Release);
+    }
+    Ok(())
+}
+
+pub(super) async fn write_message<T: Serialize>(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), ()> {
+    protocol::encode_frame(message, buf);
+    stream.write_all(buf).await.map_err(drop)
+}
