@@ -1,7 +1,6 @@
 #![doc = include_str!("../../README.md")]
 #![warn(missing_docs)]
 
-mod async_client;
 mod client;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -16,7 +15,7 @@ mod single_instance;
 mod spawn;
 mod sys;
 
-pub use async_client::{AsyncClient, Call};
+pub use client::async_client::{AsyncClient, Call};
 pub use client::{Builder, Client};
 pub use error::Error;
 pub use loopback_singleton_macros::local_singleton;

@@ -23,7 +23,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{self, Builder, Client, lock};
+use super::{self as client, Builder, Client, lock};
 use crate::error::Error;
 use crate::protocol::{self, DaemonInfo, FrameError};
 use crate::service::Service;
