@@ -208,6 +208,13 @@ fn service_impl(service: &Service, names: &Names) -> TokenStream {
                 #construct
             }
 
+            fn serve(
+                __ls_init: Self::Init,
+                __ls_options: ::loopback_singleton::ServeOptions,
+            ) -> ::core::result::Result<(), ::loopback_singleton::Error> {
+                ::loopback_singleton::__private::serve::<Self>(__ls_init, __ls_options)
+            }
+
             #[allow(unused_variables)]
             fn dispatch<'__ls_a>(
                 &'__ls_a mut self,

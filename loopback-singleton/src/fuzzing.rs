@@ -241,6 +241,10 @@ mod tests {
             Ok(Echo::default())
         }
 
+        fn serve((): (), options: crate::ServeOptions) -> Result<(), crate::Error> {
+            crate::host::serve::<Self>((), options)
+        }
+
         fn dispatch<'a>(&'a mut self, request: Call, out: &'a mut Vec<u8>) -> Dispatch<'a> {
             match request {
                 Call::Inc => {

@@ -35,6 +35,6 @@ pub mod __private {
     pub use serde;
     pub use serde_bytes;
 
-    pub use crate::host::daemon_hook;
+    pub use crate::host::{daemon_hook, serve};
     pub use crate::service::{IntoInstance, encode_reply};
 }

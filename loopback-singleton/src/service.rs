@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::options::ServeOptions;
 use crate::protocol::Fingerprint;
 
 /// A type whose one instance is hosted by a loopback-singleton daemon.
@@ -24,10 +25,13 @@ pub trait Service: Sized + 'static {
     /// The `#[init]` constructor's arguments, owned: `()` for none, the value itself
     /// for one, a tuple for several.
     type Init: Serialize + DeserializeOwned;
-    /// The generated typed client (`<Type>Client`).
-    type Client: From<crate::Client<Self>>;
-    /// The generated typed async client (`<Type>AsyncClient`).
-    type AsyncClient: From<crate::AsyncClient<Self>>;
+    /// The generated typed client (`<Type>Client`), made from a
+    /// [`Client`](crate::Client) by [`Builder::connect`](crate::Builder::connect).
+    type Client;
+    /// The generated typed async client (`<Type>AsyncClient`), made from an
+    /// [`AsyncClient`](crate::AsyncClient) by
+    /// [`Builder::connect_async`](crate::Builder::connect_async).
+    type AsyncClient;
 
     /// The default singleton name: `<crate>.<Type>` unless `#[local_singleton(name = "...")]`
     /// says otherwise. Names the runtime directory.
@@ -68,9 +72,9 @@ pub trait Service: Sized + 'static {
     ///     Counter::serve((), ServeOptions::default())
     /// }
     /// ```
-    fn serve(init: Self::Init, options: crate::ServeOptions) -> Result<(), Error> {
-        crate::host::serve::<Self>(init, options)
-    }
+    ///
+    /// (The macro implements it by calling the host, which sits above this trait.)
+    fn serve(init: Self::Init, options: ServeOptions) -> Result<(), Error>;
 }
 
 /// What [`Service::dispatch`] returns: the reply already encoded, or a future (for an

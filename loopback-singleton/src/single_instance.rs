@@ -779,6 +779,13 @@ impl<P: Payload> Service for Host<P> {
         )
     }
 
+    fn serve(_payload_type: String, _options: ServeOptions) -> Result<(), Error> {
+        Err(Error::StartFailed {
+            name: Self::NAME.into(),
+            reason: "a single-instance primary hosts itself with `single_instance`".into(),
+        })
+    }
+
     fn dispatch<'a>(&'a mut self, request: Request<P>, out: &'a mut Vec<u8>) -> Dispatch<'a> {
         let reply = Reply {
             receipt: self.state.receive(request),

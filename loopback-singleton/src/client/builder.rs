@@ -173,14 +173,20 @@ impl<S: Service> Builder<S> {
     /// whatever the order of their entries, at any depth; a `HashSet` reaches serde as
     /// a sequence, so its iteration order (which differs between processes) counts: use
     /// a `BTreeSet` in init arguments.
-    pub fn connect(self, init: S::Init) -> Result<S::Client, Error> {
+    pub fn connect(self, init: S::Init) -> Result<S::Client, Error>
+    where
+        S::Client: From<Client<S>>,
+    {
         Client::<S>::connect(self, init).map(S::Client::from)
     }
 
     /// Connects the async client, starting the daemon with `init` if none runs. The
     /// blocking part (lock, spawn, handshake) runs on tokio's blocking pool; call it
     /// from within a tokio runtime.
-    pub async fn connect_async(self, init: S::Init) -> Result<S::AsyncClient, Error> {
+    pub async fn connect_async(self, init: S::Init) -> Result<S::AsyncClient, Error>
+    where
+        S::AsyncClient: From<crate::AsyncClient<S>>,
+    {
         crate::AsyncClient::<S>::connect(self, init)
             .await
             .map(S::AsyncClient::from)

@@ -46,7 +46,8 @@ use self::log::{QUIET, log, log_peer};
 use crate::service::panic_message;
 
 /// [`Service::serve`]: hosts `S` in this process until it retires.
-pub(crate) fn serve<S: Service>(init: S::Init, options: ServeOptions) -> Result<(), Error> {
+#[doc(hidden)]
+pub fn serve<S: Service>(init: S::Init, options: ServeOptions) -> Result<(), Error> {
     let name = options.name.clone().unwrap_or_else(|| S::NAME.to_string());
     let base = runtime_dir::base_dir(options.dir.as_deref())?;
     let dir = RuntimeDir::open(&base, &name)?;
