@@ -10,7 +10,7 @@ use crate::protocol;
 
 /// How a daemon runs: its name, where its files live, when it retires, and its limits.
 ///
-/// Used by [`Service::serve`] to host a service yourself, and, through
+/// Used by [`Service::serve`](crate::Service::serve) to host a service yourself, and, through
 /// [`Builder`](crate::Builder), for daemons that clients start.
 ///
 /// ```

@@ -142,13 +142,7 @@ impl RuntimeDir {
                 refuse(&path, format!("cannot open it as a directory: {error}"))
             }
         })?;
-        let dir = RuntimeDir {
-            path,
-            name: name.to_string(),
-            handle: Arc::new(handle),
-        };
-        dir.check_private(sys::stat_dir(&dir.handle), &dir.path, Private::Dir)?;
-        Ok(dir)
+        Self::checked(path, name, handle)
     }
 
     /// The runtime directory a spawned daemon was started in: its working directory,
@@ -160,6 +154,12 @@ impl RuntimeDir {
         let handle = sys::open_cwd().map_err(|error| {
             refuse(&path, format!("cannot open the working directory: {error}"))
         })?;
+        Self::checked(path, name, handle)
+    }
+
+    /// The directory open at `handle`, once it is known to be a private directory of
+    /// ours.
+    fn checked(path: PathBuf, name: &str, handle: sys::DirHandle) -> Result<Self, Error> {
         let dir = RuntimeDir {
             path,
             name: name.to_string(),
