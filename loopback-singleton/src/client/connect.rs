@@ -6,12 +6,12 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::protocol::handshake::Role;
 use crate::protocol::{self, FrameError, ProtocolError, RemoteError, Secret};
 use crate::runtime_dir::{HeldLock, RuntimeDir};
 use crate::spawn::{self, SpawnError};
 
 use super::*;
+use crate::protocol::handshake::{ClientHalf, Peer};
 
 /// Where the daemon is and how to prove ourselves to it.
 #[derive(Clone)]
@@ -252,63 +252,50 @@ impl Inner {
         let mut reader = BufReader::with_capacity(64 << 10, stream);
         let mut buf = Vec::with_capacity(4096);
 
-        let nonce = protocol::random_bytes();
-        let hello = protocol::handshake::Hello {
-            magic: protocol::MAGIC,
-            version: protocol::PROTOCOL_VERSION,
-            nonce,
-        };
+        let (half, hello) = ClientHalf::hello();
         protocol::encode_frame(&hello, &mut buf);
         reader.get_ref().write_all(&buf).map_err(lost)?;
         let challenge: protocol::handshake::Challenge =
             self.read_handshake(&mut reader, &mut buf, "challenge")?;
-        if challenge.magic != protocol::MAGIC {
-            return Err(DialError::Stale(Error::Protocol(ProtocolError::BadMagic)));
-        }
-        // Nothing an unproven peer says is acted on: a program that took over a
-        // recycled port could claim any version. A daemon of another version is one
-        // whose own metadata announced the version it now claims.
-        if challenge.version != protocol::PROTOCOL_VERSION {
-            if challenge.version == endpoint.protocol {
+        let peer = half.answer(
+            &endpoint.secret,
+            &challenge,
+            self.schema,
+            self.init,
+            endpoint.starter,
+        );
+        let auth = match peer {
+            Peer::Proven(auth) => auth,
+            Peer::Foreign => {
+                return Err(DialError::Stale(Error::Protocol(ProtocolError::BadMagic)));
+            }
+            // Nothing an unproven peer says is acted on: a program that took over a
+            // recycled port could claim any version. A daemon of another version is one
+            // whose own metadata announced the version it now claims.
+            Peer::OtherVersion(version) if version == endpoint.protocol => {
                 return Err(DialError::Fatal(Error::ProtocolVersion {
                     name: self.name.clone(),
                     client: protocol::PROTOCOL_VERSION,
-                    daemon: challenge.version,
+                    daemon: version,
                 }));
             }
-            return Err(DialError::Stale(Error::Protocol(
-                ProtocolError::Unexpected(format!(
-                    "the process on port {} claims protocol version {} and has proved nothing",
-                    endpoint.port, challenge.version
-                )),
-            )));
-        }
-        if !protocol::handshake::verify(
-            &endpoint.secret,
-            Role::Daemon,
-            &nonce,
-            &challenge.nonce,
-            &challenge.proof,
-        ) {
-            return Err(DialError::Stale(Error::Auth {
-                name: self.name.clone(),
-                reason: format!(
-                    "the process on port {} could not prove it knows the daemon's secret",
-                    endpoint.port
-                ),
-            }));
-        }
-        let auth = protocol::handshake::Auth {
-            proof: *protocol::handshake::proof(
-                &endpoint.secret,
-                Role::Client,
-                &nonce,
-                &challenge.nonce,
-            )
-            .as_bytes(),
-            schema: self.schema,
-            init: self.init,
-            starter: endpoint.starter,
+            Peer::OtherVersion(version) => {
+                return Err(DialError::Stale(Error::Protocol(
+                    ProtocolError::Unexpected(format!(
+                        "the process on port {} claims protocol version {version} and has proved nothing",
+                        endpoint.port
+                    )),
+                )));
+            }
+            Peer::Unproven => {
+                return Err(DialError::Stale(Error::Auth {
+                    name: self.name.clone(),
+                    reason: format!(
+                        "the process on port {} could not prove it knows the daemon's secret",
+                        endpoint.port
+                    ),
+                }));
+            }
         };
         protocol::encode_frame(&auth, &mut buf);
         reader.get_ref().write_all(&buf).map_err(lost)?;

@@ -10,11 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::protocol::handshake::Role;
 use crate::protocol::{self, Secret};
 use crate::sys;
 
 use super::*;
+use crate::protocol::handshake::DaemonHalf;
 /// Accepts, authenticates and counts connections until the daemon retires; says why.
 pub(super) async fn front(
     listener: std::net::TcpListener,
@@ -121,7 +121,7 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// The daemon's side of the mutual handshake (see [`crate::wire`]). Any failure closes
+/// The daemon's side of the mutual handshake (see [`crate::protocol::handshake`]). Any failure closes
 /// the connection without a word: an unauthenticated peer learns nothing.
 pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut T,
@@ -133,26 +133,17 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(drop)?;
     let hello: protocol::handshake::Hello = protocol::decode("hello", &buf).map_err(drop)?;
-    if hello.magic != protocol::MAGIC {
-        return Err(());
-    }
-    let nonce = protocol::random_bytes();
-    let challenge = protocol::handshake::Challenge {
-        magic: protocol::MAGIC,
-        version: protocol::PROTOCOL_VERSION,
-        nonce,
-        proof: *protocol::handshake::proof(secret, Role::Daemon, &hello.nonce, &nonce).as_bytes(),
-    };
+    let (half, challenge, same_version) = DaemonHalf::challenge(secret, &hello).ok_or(())?;
     write_message(stream, &challenge, &mut buf).await?;
-    if hello.version != protocol::PROTOCOL_VERSION {
-        // The client reads our version from the challenge and reports the mismatch.
+    if !same_version {
+        // The client reads our version from the challenge and decides what it means.
         return Err(());
     }
     protocol::read_frame_async(stream, &mut buf, protocol::MAX_HANDSHAKE_FRAME)
         .await
         .map_err(drop)?;
     let auth: protocol::handshake::Auth = protocol::decode("auth", &buf).map_err(drop)?;
-    if !protocol::handshake::verify(secret, Role::Client, &hello.nonce, &nonce, &auth.proof) {
+    if !half.admits(secret, &auth) {
         log_peer("handshake refused: bad client proof");
         return Err(());
     }
