@@ -49,7 +49,9 @@ pub(crate) enum Access {
     CreateNew,
 }
 
-/// The descriptors a launcher hands to the daemon it spawns.
+/// The descriptors a launcher hands to the daemon it spawns (where a daemon can be
+/// spawned: Unix).
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) struct Handover {
     /// The start lock, which the daemon holds until it has published itself.
     pub start_lock: std::fs::File,

@@ -132,43 +132,91 @@ pub(crate) fn remove_at(dir: &DirHandle, file: &str) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(dir, file, AtFlags::empty())?)
 }
 
-/// The state letter (field 3: `R`, `S`, `Z`...) and start time (field 22, clock ticks
-/// since boot) of a process, from `/proc/<pid>/stat`; `None` if there is no such process.
+/// Whether a process is a zombie, and when it started (in units of the platform's
+/// clock: ticks since boot on Linux, microseconds since the epoch on macOS and
+/// FreeBSD); `None` if there is no such process. A pid alone can be recycled, pid
+/// plus start time cannot.
 #[cfg(target_os = "linux")]
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
+fn process_facts(pid: u32) -> Option<(bool, u64)> {
+    // `/proc/<pid>/stat`: the command name (field 2) may contain spaces and
+    // parentheses, so skip past its last ')'. The state is then the first field after
+    // it, the start time the 20th.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past its last
-    // ')'. The state is then the first field after it, the start time the 20th.
     let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
     let state = fields.next()?.chars().next()?;
-    Some((state, fields.nth(18)?.parse().ok()?))
+    Some((state == 'Z', fields.nth(18)?.parse().ok()?))
 }
 
-/// The start time of a live process (Linux: field 22 of `/proc/<pid>/stat`), or `None`
-/// if no such process exists.
+#[cfg(any(target_os = "macos", target_os = "ios"))]
+fn process_facts(pid: u32) -> Option<(bool, u64)> {
+    // SAFETY: proc_bsdinfo is plain old data; all zeroes is a valid value.
+    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+    // SAFETY: `info` is a writable proc_bsdinfo of `size` bytes.
+    let written = unsafe {
+        libc::proc_pidinfo(
+            libc::c_int::try_from(pid).ok()?,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            (&raw mut info).cast(),
+            size,
+        )
+    };
+    (written == size).then(|| {
+        let start = info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec;
+        (info.pbi_status == libc::SZOMB, start)
+    })
+}
+
+#[cfg(target_os = "freebsd")]
+fn process_facts(pid: u32) -> Option<(bool, u64)> {
+    // SAFETY: kinfo_proc is plain old data; all zeroes is a valid value.
+    let mut info: libc::kinfo_proc = unsafe { std::mem::zeroed() };
+    let mut size = std::mem::size_of::<libc::kinfo_proc>();
+    let name = [
+        libc::CTL_KERN,
+        libc::KERN_PROC,
+        libc::KERN_PROC_PID,
+        libc::c_int::try_from(pid).ok()?,
+    ];
+    // SAFETY: `name` holds 4 ints; `info` is writable for `size` bytes.
+    let status = unsafe {
+        libc::sysctl(
+            name.as_ptr(),
+            4,
+            (&raw mut info).cast(),
+            &mut size,
+            std::ptr::null(),
+            0,
+        )
+    };
+    (status == 0 && size == std::mem::size_of::<libc::kinfo_proc>()).then(|| {
+        let start = info.ki_start.tv_sec as u64 * 1_000_000 + info.ki_start.tv_usec as u64;
+        (info.ki_stat == libc::SZOMB, start)
+    })
+}
+
+/// Elsewhere (the other BSDs) only existence is known: start time 0.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd"
+)))]
+fn process_facts(pid: u32) -> Option<(bool, u64)> {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+    alive.then_some((false, 0))
+}
+
+/// The start time of a live process, or `None` if no such process exists.
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        proc_stat(pid).map(|(_, start_time)| start_time)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // SAFETY: kill with signal 0 only checks for existence and permission.
-        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
-        alive.then_some(0)
-    }
+    process_facts(pid).map(|(_, start_time)| start_time)
 }
 
 /// Whether a process has exited: gone, or a zombie waiting for its parent to reap it.
 pub(crate) fn process_exited(pid: u32) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        proc_stat(pid).is_none_or(|(state, _)| state == 'Z')
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        process_start_time(pid).is_none()
-    }
+    process_facts(pid).is_none_or(|(zombie, _)| zombie)
 }
 
 /// Lifts the soft open-file limit to the hard one, so a daemon can hold many clients.
@@ -207,15 +255,7 @@ pub(crate) fn spawn_with(
     handover: Handover,
 ) -> io::Result<(Child, File)> {
     command.arg0(title);
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints; O_CLOEXEC keeps the pipe out of every
-    // other child this process spawns.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just returned these two fresh descriptors; each is owned once.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = cloexec_pipe()?;
     // Descriptors 0-2 are replaced by /dev/null in the child before `pre_exec` runs: the
     // ones handed over must sit above them (a caller may run with stdio closed).
     let write_end = above_stdio(write_end)?;
@@ -252,6 +292,24 @@ pub(crate) fn spawn_with(
     }
     let child = command.spawn()?;
     Ok((child, File::from(read_end)))
+}
+
+/// A pipe whose ends close on exec, so that no other child of this process inherits
+/// them: atomically where the system can (`pipe2`), else marked right after creation
+/// (macOS, as std's own `Command` does there).
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(not(any(target_os = "macos", target_os = "ios")))]
+    {
+        Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+    }
+    #[cfg(any(target_os = "macos", target_os = "ios"))]
+    {
+        let (read_end, write_end) = rustix::pipe::pipe()?;
+        for end in [&read_end, &write_end] {
+            rustix::io::fcntl_setfd(end, rustix::io::FdFlags::CLOEXEC)?;
+        }
+        Ok((read_end, write_end))
+    }
 }
 
 /// Moves a descriptor above `HIGHEST_FD` (keeping it close-on-exec), so that the
