@@ -54,7 +54,8 @@ impl ServeOptions {
     }
 
     /// The base of the runtime directories (default: `$LOOPBACK_SINGLETON_DIR`, else
-    /// `$XDG_RUNTIME_DIR/loopback-singleton`, else `~/.cache/loopback-singleton`).
+    /// `$XDG_RUNTIME_DIR/loopback-singleton`, else `$TMPDIR/loopback-singleton` on macOS
+    /// or `%LOCALAPPDATA%\loopback-singleton` on Windows, else `~/.cache/loopback-singleton`).
     pub fn runtime_dir(mut self, base: impl Into<PathBuf>) -> Self {
         self.dir = Some(base.into());
         self

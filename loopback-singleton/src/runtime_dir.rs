@@ -3,7 +3,8 @@
 //!
 //! Layout: `<base>/<name>/{metadata.json, secret, lock, instance.lock, daemon.log}` where
 //! `<base>` is `$LOOPBACK_SINGLETON_DIR`, else `$XDG_RUNTIME_DIR/loopback-singleton`, else
-//! `~/.cache/loopback-singleton`.
+//! the platform's per-user runtime directory (`$TMPDIR` on macOS, `%LOCALAPPDATA%` on
+//! Windows) + `/loopback-singleton`, else `~/.cache/loopback-singleton`.
 //!
 //! Trust, the way `ssh` treats `~/.ssh` and `gpg-agent` its socket directory:
 //! - the base and every directory above it belong to you or to root, and nobody else
@@ -78,7 +79,7 @@ pub(crate) fn base_dir(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|value| !value.is_empty()) {
         return Ok(PathBuf::from(dir).join("loopback-singleton"));
     }
-    if let Some(dir) = sys::local_app_data() {
+    if let Some(dir) = sys::platform_runtime_base() {
         return Ok(dir.join("loopback-singleton"));
     }
     match std::env::var_os("HOME").filter(|value| !value.is_empty()) {

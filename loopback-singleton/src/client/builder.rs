@@ -91,7 +91,9 @@ impl<S: Service> Builder<S> {
     }
 
     /// The base directory of runtime directories (default: `$LOOPBACK_SINGLETON_DIR`,
-    /// else `$XDG_RUNTIME_DIR/loopback-singleton`, else `~/.cache/loopback-singleton`).
+    /// else `$XDG_RUNTIME_DIR/loopback-singleton`, else `$TMPDIR/loopback-singleton` on
+    /// macOS or `%LOCALAPPDATA%\loopback-singleton` on Windows, else
+    /// `~/.cache/loopback-singleton`).
     pub fn runtime_dir(mut self, base: impl Into<PathBuf>) -> Self {
         self.options = self.options.runtime_dir(base);
         self

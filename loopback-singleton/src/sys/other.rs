@@ -168,8 +168,9 @@ pub(crate) fn create_dir_all_private(path: &Path) -> io::Result<()> {
     std::fs::create_dir_all(path)
 }
 
-/// `%LOCALAPPDATA%`, private to its user by default ACLs.
-pub(crate) fn local_app_data() -> Option<PathBuf> {
+/// The platform's own per-user directory for runtime state: `%LOCALAPPDATA%`, private
+/// to its user by default ACLs.
+pub(crate) fn platform_runtime_base() -> Option<PathBuf> {
     std::env::var_os("LOCALAPPDATA")
         .filter(|value| !value.is_empty())
         .map(PathBuf::from)

@@ -493,7 +493,16 @@ pub(crate) fn create_dir_all_private(path: &Path) -> io::Result<()> {
         .create(path)
 }
 
-/// The per-user application data directory of platforms that have one (not Unix).
-pub(crate) fn local_app_data() -> Option<std::path::PathBuf> {
-    None
+/// The platform's own per-user directory for runtime state, where `XDG_RUNTIME_DIR`
+/// is not set: on macOS `$TMPDIR`, which launchd gives each user under `/var/folders`
+/// (mode 0700, emptied at boot: the lifetime of a runtime directory, unlike
+/// `~/Library/Caches`, which outlives reboots); elsewhere none (`~/.cache` then).
+pub(crate) fn platform_runtime_base() -> Option<std::path::PathBuf> {
+    if cfg!(target_os = "macos") {
+        std::env::var_os("TMPDIR")
+            .filter(|value| !value.is_empty())
+            .map(std::path::PathBuf::from)
+    } else {
+        None
+    }
 }
