@@ -1,6 +1,7 @@
 //! Platforms without Unix calls (Windows): paths instead of directory handles, no
 //! ownership to check (the per-user `%LOCALAPPDATA%` is private by its default ACLs),
-//! and no auto-start: a service is hosted with `Service::serve`.
+//! process facts from `GetProcessTimes`/`GetExitCodeProcess`, and no auto-start: a
+//! service is hosted with `Service::serve`.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -107,13 +108,52 @@ pub(crate) fn remove_at(dir: &DirHandle, file: &str) -> io::Result<()> {
     std::fs::remove_file(dir.join(file))
 }
 
-/// Not known here: every pid is taken for a live process (start time 0).
-pub(crate) fn process_start_time(_pid: u32) -> Option<u64> {
-    Some(0)
+/// Whether a process has exited, and when it was created (100 ns units since 1601);
+/// `None` if there is no such process (or it cannot be inspected).
+#[cfg(windows)]
+fn process_facts(pid: u32) -> Option<(bool, u64)> {
+    use windows_sys::Win32::Foundation::{CloseHandle, FILETIME, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    let mut code = 0u32;
+    // SAFETY: a handle opened here is closed here; the out-pointers are valid locals.
+    let (times, status) = unsafe {
+        let handle = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if handle.is_null() {
+            return None;
+        }
+        let times = GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user);
+        let status = GetExitCodeProcess(handle, &mut code);
+        CloseHandle(handle);
+        (times, status)
+    };
+    if times == 0 {
+        return None;
+    }
+    let start = (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime);
+    Some((status != 0 && code != STILL_ACTIVE as u32, start))
 }
 
+/// Without Unix or Windows calls, every pid is taken for a live process (start time 0).
+#[cfg(not(windows))]
+fn process_facts(_pid: u32) -> Option<(bool, u64)> {
+    Some((false, 0))
+}
+
+/// The creation time of a live process, or `None` if no such process exists.
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    process_facts(pid).map(|(_, start)| start)
+}
+
+/// Whether a process has exited (or does not exist).
 pub(crate) fn process_exited(pid: u32) -> bool {
-    process_start_time(pid).is_none()
+    process_facts(pid).is_none_or(|(exited, _)| exited)
 }
 
 pub(crate) fn raise_fd_limit() {}
