@@ -119,19 +119,15 @@ fn variant_ident(method: &Method) -> Ident {
     Ident::new(&method.variant_name(), method.ident.span())
 }
 
-/// The type an argument travels as: verbatim, or `<T as ToOwned>::Owned` for `&T`;
-/// spanned at the user's type so that a trait error points there.
+/// The type an argument travels as (see [`Arg::wire_type`]).
 fn owned_type(arg: &Arg) -> TokenStream {
-    match &arg.kind {
-        ArgKind::Owned(ty) => quote!(#ty),
-        ArgKind::Borrowed(inner) => {
-            quote_spanned!(inner.span()=> <#inner as ::std::borrow::ToOwned>::Owned)
-        }
-    }
+    arg.wire_type()
 }
 
 /// Asserts that every argument, return and `#[init]` type is serializable both ways, each
-/// assertion spanned at its type: the first error a user reads names that type.
+/// assertion spanned at its type: the first error a user reads names that type. (That each
+/// has a `Schema` is checked where the fingerprint folds its shape in: see
+/// `fingerprint::schema_expr`.)
 fn wire_assertions(service: &Service) -> TokenStream {
     let assert = |span: proc_macro2::Span, ty: TokenStream| quote_spanned!(span=> __ls_assert_wire::<#ty>(););
     let methods = service.methods.iter().map(|method| {

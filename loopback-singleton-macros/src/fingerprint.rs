@@ -1,11 +1,15 @@
 //! The schema fingerprint: FNV-1a (64 bits) of a canonical description of everything that
 //! shapes the wire — the type's name, each exposed method in order (name, receiver,
 //! async-ness, argument and return types) and the `#[init]` argument types. Method bodies,
-//! argument names and docs leave it unchanged.
+//! argument names and docs leave it unchanged — folded, at compile time, with the shape of
+//! every type that crosses the wire (`__private::shape`: field and variant names and
+//! order, primitive kinds, sequences, maps, options, recursively), so that a type changing
+//! shape between two builds changes the fingerprint too.
 
-use proc_macro2::TokenStream;
-use quote::{ToTokens, quote};
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 
 use crate::model::{Method, Service};
 
@@ -29,7 +33,43 @@ pub fn schema_expr(service: &Service) -> TokenStream {
             let hash = fnv1a(format!("absent {index} {}", canonical_method(method)).as_bytes());
             Some(quote!(^ if ::core::cfg!(#predicate) { 0u64 } else { #hash }))
         });
-    quote!(#full #(#absent)*)
+    let shapes = service.methods.iter().flat_map(|method| {
+        let cfgs = &method.attrs.cfgs;
+        let args = method
+            .args
+            .iter()
+            .filter(|arg| !arg.unchecked)
+            .map(|arg| (arg.ty.span(), arg.wire_type()));
+        let output = method
+            .output
+            .as_ref()
+            .filter(|_| !method.unchecked_output)
+            .map(|ty| (ty.span(), quote!(#ty)));
+        args.chain(output)
+            .map(move |(span, ty)| fold(span, ty, cfgs))
+    });
+    let init = service.init.iter().flat_map(|init| &init.args);
+    let init = init
+        .filter(|arg| !arg.unchecked)
+        .map(|arg| fold(arg.ty.span(), arg.wire_type(), &[]));
+    quote! {{
+        let __ls_fingerprint: u64 = #full #(#absent)*;
+        #(#shapes)*
+        #(#init)*
+        __ls_fingerprint
+    }}
+}
+
+/// Folds the shape of one type (see `__private::shape`) into the fingerprint, if
+/// its method is compiled in; spanned at the type: a type without `Schema` is reported here, once.
+fn fold(span: Span, ty: TokenStream, cfgs: &[syn::Attribute]) -> TokenStream {
+    // The accumulator is named at the call site, whatever the type's span.
+    let acc = proc_macro2::Ident::new("__ls_fingerprint", Span::call_site());
+    let shape = quote_spanned!(span=> ::loopback_singleton::__private::shape::<#ty>());
+    quote! {
+        #(#cfgs)*
+        let #acc = ::loopback_singleton::__private::fold_shape(#acc, #shape);
+    }
 }
 
 /// The canonical description hashed into the fingerprint.
