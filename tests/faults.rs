@@ -620,7 +620,11 @@ fn a_struct_or_enum_changing_shape_between_builds_gets_schema_mismatch_and_the_d
         env!("CARGO_BIN_EXE_suite-shapes-field"),
         &["set-quota", "20"],
     );
-    schema_mismatch(&field_added);
+    let message = schema_mismatch(&field_added);
+    assert!(
+        message.contains("`Quota`: field `burst` added after `per_window` (in `set_quota(quota)`)"),
+        "the message says what differs: {message}"
+    );
 
     // `Mode` gained a variant in the middle, which would shift `Lenient` on the wire.
     let variant_added = shapes(
@@ -628,7 +632,11 @@ fn a_struct_or_enum_changing_shape_between_builds_gets_schema_mismatch_and_the_d
         env!("CARGO_BIN_EXE_suite-shapes-variant"),
         &["set-mode"],
     );
-    schema_mismatch(&variant_added);
+    let message = schema_mismatch(&variant_added);
+    assert!(
+        message.contains("`Mode`: variant `Relaxed` added after `Strict` (in `set_mode(mode)`)"),
+        "the message says what differs: {message}"
+    );
 
     // Neither reached the instance: version 1 finds its state as it left it, in the
     // same daemon, and keeps working.

@@ -40,6 +40,7 @@ pub mod __private {
     pub use crate::host::{daemon_hook, serve};
     pub use crate::schema::{
         DataModelType, DataModelVariant, NamedType, NamedValue, NamedVariant, fold_shape, shape,
+        wire_of,
     };
     pub use crate::service::{IntoInstance, encode_reply};
 }

@@ -59,6 +59,13 @@ pub const fn shape<T: Schema + ?Sized>() -> u64 {
     u64::from_le_bytes(postcard_schema::key::hash::fnv1a64::hash_ty_path::<Bridge<T>>(""))
 }
 
+/// A type's shape (see [`shape`]) and structure, for the generated code: one call per
+/// type, so that a type without `Schema` is reported once.
+#[doc(hidden)]
+pub const fn wire_of<T: Schema + ?Sized>() -> (u64, &'static NamedType) {
+    (shape::<T>(), T::SCHEMA)
+}
+
 /// Lends `postcard_schema`'s const hash our descriptions.
 struct Bridge<T: ?Sized>(PhantomData<T>);
 

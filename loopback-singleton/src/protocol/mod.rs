@@ -22,6 +22,7 @@ mod frame;
 pub(crate) mod handshake;
 mod init;
 pub(crate) mod message;
+pub(crate) mod schema;
 
 pub use error::{ProtocolError, RemoteError};
 pub(crate) use frame::{
