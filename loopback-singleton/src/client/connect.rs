@@ -321,7 +321,7 @@ impl Inner {
                     name: self.name.clone(),
                     client: self.schema,
                     daemon,
-                    difference: protocol::schema::difference(&(self.describe)(), &wire),
+                    difference: protocol::schema::difference(&(self.describe)(), wire.as_deref()),
                 }));
             }
             protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Init {

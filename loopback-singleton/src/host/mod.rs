@@ -82,7 +82,7 @@ struct Shared {
     started: Instant,
     schema: Fingerprint,
     /// What crosses the wire, sent to a client whose schema differs (built once).
-    wire: Vec<protocol::schema::WireItem>,
+    wire: Option<Vec<protocol::schema::WireItem>>,
     init: Fingerprint,
     init_description: String,
     options: ServeOptions,
@@ -225,7 +225,7 @@ fn start<S: Service>(
         port,
         started: Instant::now(),
         schema: S::SCHEMA,
-        wire: crate::service::wire_description::<S>(),
+        wire: protocol::schema::sendable(crate::service::wire_description::<S>()),
         init: launch.init_fingerprint,
         init_description: launch.init_description.clone(),
         options: launch.options.clone(),

@@ -51,10 +51,10 @@ pub(crate) enum Verdict {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Rejection {
     /// `wire`: the daemon's description of what crosses the wire, so that the client
-    /// can say what differs.
+    /// can say what differs; `None` if it would not fit in a handshake frame.
     Schema {
         daemon: Fingerprint,
-        wire: Vec<super::schema::WireItem>,
+        wire: Option<Vec<super::schema::WireItem>>,
     },
     Init {
         running: String,

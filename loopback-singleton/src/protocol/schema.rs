@@ -21,9 +21,21 @@ pub(crate) struct WireItem {
     pub ty: Option<OwnedNamedType>,
 }
 
+/// The description to send with a schema rejection: `None` if it would not fit in a
+/// handshake frame (a service with thousands of types), which the client then reports
+/// without details rather than failing on an oversized frame.
+pub(crate) fn sendable(wire: Vec<WireItem>) -> Option<Vec<WireItem>> {
+    let size = postcard::to_stdvec(&wire).map_or(usize::MAX, |bytes| bytes.len());
+    // Room for the verdict around it.
+    (size <= super::MAX_HANDSHAKE_FRAME as usize - 1024).then_some(wire)
+}
+
 /// What differs between this client's description and the daemon's, in words: the first
 /// difference found, from the client's point of view ("added" is in the client only).
-pub(crate) fn difference(client: &[WireItem], daemon: &[WireItem]) -> String {
+pub(crate) fn difference(client: &[WireItem], daemon: Option<&[WireItem]>) -> String {
+    let Some(daemon) = daemon else {
+        return "the daemon's description of its types is too large to compare".to_string();
+    };
     let places = |items: &[WireItem]| -> Vec<String> {
         items
             .iter()
@@ -210,28 +222,47 @@ mod tests {
     }
 
     #[test]
+    fn a_description_too_large_for_the_handshake_is_left_out() {
+        let huge: Vec<WireItem> = (0..20_000)
+            .map(|index| WireItem {
+                place: format!("method_{index}(argument)"),
+                ty: None,
+            })
+            .collect();
+        assert_eq!(sendable(huge), None);
+        assert!(sendable(quota(&["a"])).is_some());
+        assert!(difference(&quota(&["a"]), None).contains("too large"));
+    }
+
+    #[test]
     fn names_the_methods_added_or_removed() {
         let mut ours = quota(&["a"]);
         ours[0].place = "set(limit)".into();
         assert_eq!(
-            difference(&ours, &quota(&["a"])),
+            difference(&ours, Some(&quota(&["a"]))),
             "`set(limit)` added, `set(quota)` removed"
         );
     }
 
     #[test]
     fn names_the_type_and_the_field_that_differs() {
-        let said = difference(&quota(&["per_window", "burst"]), &quota(&["per_window"]));
+        let said = difference(
+            &quota(&["per_window", "burst"]),
+            Some(&quota(&["per_window"])),
+        );
         assert_eq!(
             said,
             "`Quota`: field `burst` added after `per_window` (in `set(quota)`)"
         );
-        let said = difference(&quota(&["per_window"]), &quota(&["burst", "per_window"]));
+        let said = difference(
+            &quota(&["per_window"]),
+            Some(&quota(&["burst", "per_window"])),
+        );
         assert!(
             said.contains("field `burst` removed (it was first)"),
             "{said}"
         );
-        let said = difference(&quota(&["b", "a"]), &quota(&["a", "b"]));
+        let said = difference(&quota(&["b", "a"]), Some(&quota(&["a", "b"])));
         assert!(said.contains("fields reordered"), "{said}");
     }
 }
