@@ -37,6 +37,8 @@ pub use postcard_schema::schema::{
 ///
 /// The derive honours `#[serde(rename = "...")]`; other serde attributes that change the
 /// encoding (`skip`, `flatten`, `with`, `untagged`...) are not reflected in the schema.
+/// A recursive type has no finite description and can't derive it (the compiler reports
+/// a cycle): leave it unchecked with `#[unchecked_schema]`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` crosses the wire but has no `loopback_singleton::Schema`",
     label = "`{Self}` needs `Schema`",
