@@ -27,7 +27,16 @@ pub struct Cache {
 }
 
 /// The cache's own errors: they reach the caller typed, apart from transport errors.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    loopback_singleton::Schema,
+    thiserror::Error,
+)]
 pub enum CacheError {
     /// The key is absent.
     #[error("no key `{0}`")]
@@ -41,7 +50,7 @@ pub enum CacheError {
 }
 
 /// Hit and miss counts.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, loopback_singleton::Schema)]
 pub struct Stats {
     /// Entries stored.
     pub entries: usize,

@@ -16,7 +16,7 @@ pub struct Counter {
 }
 
 /// The error of [`Counter::checked_sub`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, loopback_singleton::Schema)]
 pub enum CounterError {
     /// Subtracting would go below zero.
     Underflow {
@@ -361,4 +361,88 @@ impl SelfCaller {
     pub fn hello(&self) -> String {
         "hello".to_string()
     }
+}
+
+/// Defines the `Limiter` service of the schema-skew tests around the `Quota` and `Mode`
+/// given, plus a `main` that runs one command against the singleton named by
+/// `SUITE_NAME` (runtime dir from `LOOPBACK_SINGLETON_DIR`). Each `suite-shapes-*`
+/// binary is one build of "the same" service, its types changed in one way:
+///
+/// ```text
+/// suite-shapes-<build> set-quota N | set-mode | sets | shutdown
+/// ```
+/// prints `schema=HEX pid=P sets=S`; on failure `schema=HEX` then `error: ...` to stderr,
+/// exit status 1.
+#[macro_export]
+macro_rules! shapes_service {
+    ($($types:item)*) => {
+        $($types)*
+
+        /// Counts the quotas and modes it was given.
+        #[derive(Default)]
+        pub struct Limiter {
+            quota: Option<Quota>,
+            mode: Option<Mode>,
+            sets: u64,
+        }
+
+        #[::loopback_singleton::local_singleton(name = "suite-shapes")]
+        impl Limiter {
+            /// Replaces the quota; returns how many settings were made so far.
+            pub fn set_quota(&mut self, quota: Quota) -> u64 {
+                self.quota = Some(quota);
+                self.sets += 1;
+                self.sets
+            }
+
+            /// Replaces the mode; returns how many settings were made so far.
+            pub fn set_mode(&mut self, mode: Mode) -> u64 {
+                self.mode = Some(mode);
+                self.sets += 1;
+                self.sets
+            }
+
+            /// How many settings were made so far.
+            pub fn sets(&self) -> u64 {
+                let _ = (&self.quota, &self.mode);
+                self.sets
+            }
+
+            /// The daemon's process id.
+            pub fn pid(&self) -> u32 {
+                ::std::process::id()
+            }
+        }
+
+        fn main() {
+            let schema = <Limiter as ::loopback_singleton::Service>::SCHEMA;
+            if let Err(error) = run() {
+                eprintln!("schema={schema:016x}");
+                eprintln!("error: {error}");
+                ::std::process::exit(1);
+            }
+        }
+
+        fn run() -> Result<(), ::loopback_singleton::Error> {
+            let args: Vec<String> = ::std::env::args().skip(1).collect();
+            let name = ::std::env::var("SUITE_NAME").expect("SUITE_NAME names the singleton");
+            let limiter = LimiterClient::builder()
+                .name(name)
+                .idle_ttl(::std::time::Duration::from_secs(5))
+                .connect(())?;
+            let sets = match args.first().map(String::as_str) {
+                Some("set-quota") => limiter.set_quota(Quota::new(args[1].parse().unwrap()))?,
+                Some("set-mode") => limiter.set_mode(Mode::last())?,
+                Some("sets") => limiter.sets()?,
+                Some("shutdown") => return limiter.shutdown(),
+                other => panic!("unknown command {other:?}"),
+            };
+            println!(
+                "schema={:016x} pid={} sets={sets}",
+                <Limiter as ::loopback_singleton::Service>::SCHEMA,
+                limiter.pid()?
+            );
+            Ok(())
+        }
+    };
 }

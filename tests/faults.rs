@@ -575,6 +575,79 @@ fn a_build_with_another_schema_gets_schema_mismatch_and_the_daemon_keeps_serving
     counter.shutdown().unwrap();
 }
 
+/// Runs one build of the schema-skew service (`src/bin/suite-shapes-*.rs`).
+fn shapes(env: &TestEnv, binary: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .env("LOOPBACK_SINGLETON_DIR", &env.base)
+        .env("SUITE_NAME", &env.name)
+        .env_remove("LOOPBACK_SINGLETON_NO_SPAWN");
+    common::output_within(command, Duration::from_secs(60))
+}
+
+/// The schema mismatch a build got, or a panic saying what it got instead.
+fn schema_mismatch(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the other build connected: {stderr}"
+    );
+    let message = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("error: "))
+        .unwrap_or_else(|| panic!("no error in {stderr}"));
+    assert!(
+        message.contains("schema mismatch"),
+        "a SchemaMismatch: {message}"
+    );
+    message.to_string()
+}
+
+#[test]
+fn a_struct_or_enum_changing_shape_between_builds_gets_schema_mismatch_and_the_daemon_keeps_serving()
+ {
+    let env = TestEnv::new("shapes");
+    let v1 = env!("CARGO_BIN_EXE_suite-shapes-v1");
+    let first = shapes(&env, v1, &["set-quota", "10"]);
+    assert!(first.status.success(), "{first:?}");
+    let pid = field(&first, "pid");
+    assert_eq!(field(&first, "sets"), 1);
+
+    // `Quota` gained a field: same methods, same signatures as written.
+    let field_added = shapes(
+        &env,
+        env!("CARGO_BIN_EXE_suite-shapes-field"),
+        &["set-quota", "20"],
+    );
+    let message = schema_mismatch(&field_added);
+    assert!(
+        message.contains("`Quota`: field `burst` added after `per_window` (in `set_quota(quota)`)"),
+        "the message says what differs: {message}"
+    );
+
+    // `Mode` gained a variant in the middle, which would shift `Lenient` on the wire.
+    let variant_added = shapes(
+        &env,
+        env!("CARGO_BIN_EXE_suite-shapes-variant"),
+        &["set-mode"],
+    );
+    let message = schema_mismatch(&variant_added);
+    assert!(
+        message.contains("`Mode`: variant `Relaxed` added after `Strict` (in `set_mode(mode)`)"),
+        "the message says what differs: {message}"
+    );
+
+    // Neither reached the instance: version 1 finds its state as it left it, in the
+    // same daemon, and keeps working.
+    let again = shapes(&env, v1, &["sets"]);
+    assert_eq!(field(&again, "pid"), pid);
+    assert_eq!(field(&again, "sets"), 1);
+    let more = shapes(&env, v1, &["set-mode"]);
+    assert_eq!(field(&more, "sets"), 2);
+    assert!(shapes(&env, v1, &["shutdown"]).status.success());
+}
+
 #[test]
 fn a_long_lived_client_leaves_no_zombie_and_no_descriptor_behind() {
     let env = TestEnv::new("leaks");

@@ -23,7 +23,7 @@ use loopback_singleton::__private::serde_bytes::Bytes;
 use loopback_singleton::{Call, Error, local_singleton};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, loopback_singleton::Schema)]
 pub struct Point {
     pub x: i64,
     pub y: i64,

@@ -24,10 +24,13 @@ pub fn service(service: &Service) -> TokenStream {
     let blocking_client = client(service, &names, Flavor::Blocking);
     let async_client = client(service, &names, Flavor::Async);
     let hook = daemon_hook(service);
-    // The assertions come first: rustc reports errors in item order, so the first error
-    // about a type that can't travel names that type.
+    let wire = wire_consts(service);
+    // The wire consts and assertions come first: rustc reports errors in item order, so
+    // the first error about a type that can't travel names that type and, for one that
+    // lacks everything, all three derives it needs (`Schema`'s diagnostic lists them).
     quote! {
         #item
+        #wire
         #assertions
         #request
         #service_impl
@@ -119,19 +122,15 @@ fn variant_ident(method: &Method) -> Ident {
     Ident::new(&method.variant_name(), method.ident.span())
 }
 
-/// The type an argument travels as: verbatim, or `<T as ToOwned>::Owned` for `&T`;
-/// spanned at the user's type so that a trait error points there.
+/// The type an argument travels as (see [`Arg::wire_type`]).
 fn owned_type(arg: &Arg) -> TokenStream {
-    match &arg.kind {
-        ArgKind::Owned(ty) => quote!(#ty),
-        ArgKind::Borrowed(inner) => {
-            quote_spanned!(inner.span()=> <#inner as ::std::borrow::ToOwned>::Owned)
-        }
-    }
+    arg.wire_type()
 }
 
 /// Asserts that every argument, return and `#[init]` type is serializable both ways, each
-/// assertion spanned at its type: the first error a user reads names that type.
+/// assertion spanned at its type: the first error a user reads names that type. (That each
+/// has a `Schema` is checked where the fingerprint folds its shape in: see
+/// `fingerprint::schema_expr`.)
 fn wire_assertions(service: &Service) -> TokenStream {
     let assert = |span: proc_macro2::Span, ty: TokenStream| quote_spanned!(span=> __ls_assert_wire::<#ty>(););
     let methods = service.methods.iter().map(|method| {
@@ -164,6 +163,63 @@ fn wire_assertions(service: &Service) -> TokenStream {
     }
 }
 
+/// The shape and structure of every checked type that crosses the wire, one hidden
+/// associated const each (`__LS_WIRE_<n>`, see `fingerprint::wire_types`): the one place
+/// that requires `Schema` of the type, spanned at it, so that a type without it gets one
+/// error. The fingerprint folds the shapes; `Service::wire_types` lists the structures.
+fn wire_consts(service: &Service) -> TokenStream {
+    let self_ty = &service.self_ty;
+    let consts = fingerprint::wire_types(service)
+        .into_iter()
+        .filter_map(|wire| {
+            let fingerprint::WireType {
+                ty, cfgs, konst, ..
+            } = wire;
+            let konst = konst?;
+            let value =
+                quote_spanned!(ty.span()=> ::loopback_singleton::__private::wire_of::<#ty>());
+            Some(quote! {
+                #(#cfgs)*
+                #[doc(hidden)]
+                const #konst: (u64, &'static ::loopback_singleton::__private::NamedType) = #value;
+            })
+        });
+    quote! {
+        #[allow(deprecated)]
+        impl #self_ty {
+            #(#consts)*
+        }
+    }
+}
+
+/// `Service::wire_types`: what a schema mismatch is explained with.
+fn wire_types_fn(service: &Service) -> TokenStream {
+    let self_ty = &service.self_ty;
+    let pushes = fingerprint::wire_types(service).into_iter().map(|wire| {
+        let fingerprint::WireType {
+            place, cfgs, konst, ..
+        } = wire;
+        let ty = match konst {
+            Some(konst) => quote!(::core::option::Option::Some(<#self_ty>::#konst.1)),
+            None => quote!(::core::option::Option::None),
+        };
+        quote! {
+            #(#cfgs)*
+            __ls_out.push((#place, #ty));
+        }
+    });
+    quote! {
+        fn wire_types(
+            __ls_out: &mut ::std::vec::Vec<(
+                &'static str,
+                ::core::option::Option<&'static ::loopback_singleton::__private::NamedType>,
+            )>,
+        ) {
+            #(#pushes)*
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The Service impl
 // ---------------------------------------------------------------------------------------
@@ -184,6 +240,7 @@ fn service_impl(service: &Service, names: &Names) -> TokenStream {
     };
     let schema = fingerprint::schema_expr(service);
     let init_ty = init_type(service.init.as_ref());
+    let wire_types = wire_types_fn(service);
     let construct = construct_body(service);
     let arms = service
         .methods
@@ -214,6 +271,8 @@ fn service_impl(service: &Service, names: &Names) -> TokenStream {
             ) -> ::core::result::Result<(), ::loopback_singleton::Error> {
                 ::loopback_singleton::__private::serve::<Self>(__ls_init, __ls_options)
             }
+
+            #wire_types
 
             #[allow(unused_variables)]
             fn dispatch<'__ls_a>(

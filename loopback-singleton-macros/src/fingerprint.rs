@@ -1,11 +1,15 @@
 //! The schema fingerprint: FNV-1a (64 bits) of a canonical description of everything that
 //! shapes the wire — the type's name, each exposed method in order (name, receiver,
 //! async-ness, argument and return types) and the `#[init]` argument types. Method bodies,
-//! argument names and docs leave it unchanged.
+//! argument names and docs leave it unchanged — folded, at compile time, with the shape of
+//! every type that crosses the wire (`__private::wire_of`: field and variant names and
+//! order, primitive kinds, sequences, maps, options, recursively), so that a type changing
+//! shape between two builds changes the fingerprint too.
 
-use proc_macro2::TokenStream;
-use quote::{ToTokens, quote};
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 
 use crate::model::{Method, Service};
 
@@ -29,7 +33,75 @@ pub fn schema_expr(service: &Service) -> TokenStream {
             let hash = fnv1a(format!("absent {index} {}", canonical_method(method)).as_bytes());
             Some(quote!(^ if ::core::cfg!(#predicate) { 0u64 } else { #hash }))
         });
-    quote!(#full #(#absent)*)
+    let acc = Ident::new("__ls_fingerprint", Span::call_site());
+    let self_ty = &service.self_ty;
+    let folds = wire_types(service).into_iter().filter_map(|wire| {
+        let WireType { cfgs, konst, .. } = wire;
+        let konst = konst?;
+        Some(quote! {
+            #(#cfgs)*
+            let #acc = ::loopback_singleton::__private::fold_shape(#acc, <#self_ty>::#konst.0);
+        })
+    });
+    quote! {{
+        let #acc: u64 = #full #(#absent)*;
+        #(#folds)*
+        #acc
+    }}
+}
+
+/// One type that crosses the wire, where it crosses it.
+pub struct WireType<'a> {
+    /// `method(argument)`, `method ->` or `#[init](argument)`.
+    pub place: String,
+    /// The type as it travels (owned), spanned at the user's type.
+    pub ty: TokenStream,
+    /// The `#[cfg]` of its method.
+    pub cfgs: &'a [syn::Attribute],
+    /// The hidden associated const (`__LS_WIRE_<n>`) holding its shape and structure;
+    /// `None` for a type marked `#[unchecked_schema]`.
+    pub konst: Option<Ident>,
+}
+
+/// Every type that crosses the wire, in order: each method's arguments and return type
+/// (methods in declaration order), then the `#[init]` arguments.
+pub fn wire_types(service: &Service) -> Vec<WireType<'_>> {
+    let mut types = Vec::new();
+    let mut next = 0usize;
+    let mut konst = |unchecked: bool| {
+        (!unchecked).then(|| {
+            next += 1;
+            format_ident!("__LS_WIRE_{}", next - 1)
+        })
+    };
+    for method in &service.methods {
+        let name = method.ident.unraw();
+        for arg in &method.args {
+            types.push(WireType {
+                place: format!("{name}({})", arg.ident.unraw()),
+                ty: arg.wire_type(),
+                cfgs: &method.attrs.cfgs,
+                konst: konst(arg.unchecked),
+            });
+        }
+        if let Some(output) = &method.output {
+            types.push(WireType {
+                place: format!("{name} ->"),
+                ty: quote_spanned!(output.span()=> #output),
+                cfgs: &method.attrs.cfgs,
+                konst: konst(method.unchecked_output),
+            });
+        }
+    }
+    for arg in service.init.iter().flat_map(|init| &init.args) {
+        types.push(WireType {
+            place: format!("#[init]({})", arg.ident.unraw()),
+            ty: arg.wire_type(),
+            cfgs: &[],
+            konst: konst(arg.unchecked),
+        });
+    }
+    types
 }
 
 /// The canonical description hashed into the fingerprint.

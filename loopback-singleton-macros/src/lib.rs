@@ -11,11 +11,14 @@
 //! - `parse`: tokens → a validated model, or every misuse found.
 //! - `fingerprint`: model → the schema fingerprint.
 //! - `expand`: model → the generated items (the fingerprint among them).
+//!
+//! `schema_derive` stands apart: `#[derive(Schema)]` for the types that cross the wire.
 
 mod expand;
 mod fingerprint;
 mod model;
 mod parse;
+mod schema_derive;
 
 #[cfg(test)]
 mod tests;
@@ -32,6 +35,18 @@ pub fn local_singleton(attr: TokenStream, item: TokenStream) -> TokenStream {
     match parse::service(attr.into(), item.into()) {
         Ok(service) => expand::service(&service),
         Err(rejection) => rejection.into_tokens(),
+    }
+    .into()
+}
+
+/// Derives `loopback_singleton::Schema`: the structure of a type that crosses the wire
+/// (field and variant names and order, and the structure of each field's type), which the
+/// schema fingerprint of every service using the type covers.
+#[proc_macro_derive(Schema, attributes(serde))]
+pub fn derive_schema(item: TokenStream) -> TokenStream {
+    match syn::parse::<syn::DeriveInput>(item) {
+        Ok(input) => schema_derive::derive(input).unwrap_or_else(syn::Error::into_compile_error),
+        Err(error) => error.into_compile_error(),
     }
     .into()
 }

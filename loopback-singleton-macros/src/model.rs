@@ -2,8 +2,9 @@
 //! produces and expansion consumes. Every value here has already been validated.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 use syn::{Attribute, Ident, ItemImpl, LitStr, Type, Visibility};
 
 /// A service: the annotated `impl` block of one type.
@@ -33,6 +34,9 @@ pub struct Method {
     pub args: Vec<Arg>,
     /// The return type; `None` for a method that returns `()` implicitly.
     pub output: Option<Type>,
+    /// `#[unchecked_schema]` on the method: its return type's shape is left out of the
+    /// fingerprint (only serializability is required).
+    pub unchecked_output: bool,
     pub is_async: bool,
     pub attrs: ForwardedAttrs,
 }
@@ -97,6 +101,9 @@ pub struct Arg {
     /// The type as written, used where the original signature is repeated (client).
     pub ty: Type,
     pub kind: ArgKind,
+    /// `#[unchecked_schema]` on the argument: its type's shape is left out of the
+    /// fingerprint (only serializability is required).
+    pub unchecked: bool,
 }
 
 /// How an argument travels: values as they are, borrows as their owned form.
@@ -150,6 +157,17 @@ pub fn is_byte_vec(ty: &Type) -> bool {
 }
 
 impl Arg {
+    /// The type the argument travels as: verbatim, or `<T as ToOwned>::Owned` for `&T`;
+    /// spanned at the user's type so that a trait error points there.
+    pub fn wire_type(&self) -> TokenStream {
+        match &self.kind {
+            ArgKind::Owned(ty) => quote!(#ty),
+            ArgKind::Borrowed(inner) => {
+                quote_spanned!(inner.span()=> <#inner as ::std::borrow::ToOwned>::Owned)
+            }
+        }
+    }
+
     /// Whether the argument is a byte buffer (`&[u8]` or `Vec<u8>`): see [`is_byte_vec`].
     pub fn is_bytes(&self) -> bool {
         match &self.kind {

@@ -113,6 +113,7 @@ pub fn service(attr: TokenStream, item: TokenStream) -> Result<Service, Rejectio
         }
     };
     let init_attrs = take_init_attrs(&mut item_impl, &mut errors);
+    let unchecked = take_unchecked_attrs(&mut item_impl, &mut errors);
 
     errors.check(check_inherent(&item_impl));
     let is_generic = errors
@@ -126,7 +127,7 @@ pub fn service(attr: TokenStream, item: TokenStream) -> Result<Service, Rejectio
     let mut methods = Vec::new();
     let mut init: Option<Init> = None;
     let mut first_init_seen = false;
-    for (item, attrs) in item_impl.items.iter().zip(&init_attrs) {
+    for ((item, attrs), unchecked) in item_impl.items.iter().zip(&init_attrs).zip(&unchecked) {
         let ImplItem::Fn(function) = item else {
             continue;
         };
@@ -144,11 +145,11 @@ pub fn service(attr: TokenStream, item: TokenStream) -> Result<Service, Rejectio
                      keep `#[init]` on one constructor only",
                 ));
             } else {
-                init = parse_init(function, ident.as_ref(), &mut errors);
+                init = parse_init(function, ident.as_ref(), unchecked, &mut errors);
             }
             first_init_seen = true;
         } else if is_exposed(function) {
-            methods.extend(parse_method(function, &mut errors));
+            methods.extend(parse_method(function, unchecked, &mut errors));
         }
     }
     errors.check(check_variant_clashes(&methods));
@@ -401,6 +402,50 @@ fn take_init_attrs(item: &mut ItemImpl, errors: &mut Errors) -> Vec<Vec<Attribut
         .collect()
 }
 
+/// Where `#[unchecked_schema]` marked one fn of the block: its return type (the attribute
+/// on the fn) and each typed argument (the attribute on the argument).
+#[derive(Default)]
+struct Unchecked {
+    output: bool,
+    args: Vec<bool>,
+}
+
+/// Removes our `#[unchecked_schema]` helper attributes from the block's fns and their
+/// arguments, returning where they were, per item.
+fn take_unchecked_attrs(item: &mut ItemImpl, errors: &mut Errors) -> Vec<Unchecked> {
+    let mut take = |attrs: &mut Vec<Attribute>| {
+        let (ours, others): (Vec<Attribute>, _) = std::mem::take(attrs)
+            .into_iter()
+            .partition(|attr| attr.path().is_ident("unchecked_schema"));
+        *attrs = others;
+        for attr in &ours {
+            errors.check(attr.meta.require_path_only().map(drop).map_err(|_| {
+                Error::new_spanned(attr, "write `#[unchecked_schema]` without arguments")
+            }));
+        }
+        !ours.is_empty()
+    };
+    item.items
+        .iter_mut()
+        .map(|impl_item| {
+            let ImplItem::Fn(function) = impl_item else {
+                return Unchecked::default();
+            };
+            let output = take(&mut function.attrs);
+            let args = function
+                .sig
+                .inputs
+                .iter_mut()
+                .filter_map(|input| match input {
+                    FnArg::Typed(typed) => Some(take(&mut typed.attrs)),
+                    FnArg::Receiver(_) => None,
+                })
+                .collect();
+            Unchecked { output, args }
+        })
+        .collect()
+}
+
 fn is_init_attr(attr: &Attribute) -> bool {
     attr.path().is_ident("init")
 }
@@ -431,14 +476,18 @@ fn is_exposed(function: &ImplItemFn) -> bool {
 /// Validates an exposed method, recording every error; `None` if any.
 ///
 /// Any error rejects the whole block, so what matters is that each misuse is recorded once.
-fn parse_method(function: &ImplItemFn, errors: &mut Errors) -> Option<Method> {
+fn parse_method(
+    function: &ImplItemFn,
+    unchecked: &Unchecked,
+    errors: &mut Errors,
+) -> Option<Method> {
     let sig = &function.sig;
     let receiver = errors.take(classify_receiver(sig.receiver()?));
     errors.check(check_name(&sig.ident));
     errors.check(check_safe(sig, "an exposed method"));
     // Past a generics error, the arguments' lifetimes would only repeat it.
     errors.take(check_no_generics(&sig.generics, METHOD_GENERICS))?;
-    let args = parse_args(sig, errors);
+    let args = parse_args(sig, &unchecked.args, errors);
     let output = errors.take(parse_output(&sig.output));
     Some(Method {
         ident: sig.ident.clone(),
@@ -446,6 +495,7 @@ fn parse_method(function: &ImplItemFn, errors: &mut Errors) -> Option<Method> {
         receiver: receiver?,
         args: args?,
         output: output?,
+        unchecked_output: unchecked.output,
         is_async: sig.asyncness.is_some(),
         attrs: forwarded_attrs(&function.attrs),
     })
@@ -553,6 +603,7 @@ fn forwarded_attrs(attrs: &[Attribute]) -> ForwardedAttrs {
 fn parse_init(
     function: &ImplItemFn,
     self_ident: Option<&Ident>,
+    unchecked: &Unchecked,
     errors: &mut Errors,
 ) -> Option<Init> {
     let sig = &function.sig;
@@ -577,7 +628,7 @@ fn parse_init(
     if let Some(self_ident) = self_ident {
         errors.check(check_init_output(sig, self_ident));
     }
-    let args = parse_args(sig, errors)?;
+    let args = parse_args(sig, &unchecked.args, errors)?;
     Some(Init {
         ident: sig.ident.clone(),
         args,
@@ -626,10 +677,14 @@ fn names_type(ty: &Type, ident: &Ident) -> bool {
 // ---------------------------------------------------------------------------------------
 
 /// The named arguments after the receiver, recording every error; `None` if any.
-fn parse_args(sig: &Signature, errors: &mut Errors) -> Option<Vec<Arg>> {
+/// `unchecked[i]`: whether the `i`th typed argument was marked `#[unchecked_schema]`.
+fn parse_args(sig: &Signature, unchecked: &[bool], errors: &mut Errors) -> Option<Vec<Arg>> {
     let mut args = Some(Vec::new());
-    for input in &sig.inputs {
-        let FnArg::Typed(typed) = input else { continue };
+    let typed = sig.inputs.iter().filter_map(|input| match input {
+        FnArg::Typed(typed) => Some(typed),
+        FnArg::Receiver(_) => None,
+    });
+    for (index, typed) in typed.enumerate() {
         let ident = errors.take(arg_ident(&typed.pat));
         let kind = errors.take(classify_arg_type(&typed.ty));
         match (ident, kind, &mut args) {
@@ -637,6 +692,7 @@ fn parse_args(sig: &Signature, errors: &mut Errors) -> Option<Vec<Arg>> {
                 ident,
                 ty: (*typed.ty).clone(),
                 kind,
+                unchecked: unchecked.get(index).copied().unwrap_or(false),
             }),
             _ => args = None,
         }

@@ -516,3 +516,63 @@ fn pascal_case_of_method_names() {
     assert_eq!(model::pascal_case("get_2x"), "Get2x");
     assert_eq!(model::pascal_case("_private__x"), "PrivateX");
 }
+
+// ---------------------------------------------------------------------------------------
+// Type shapes and #[unchecked_schema]
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_fingerprint_folds_the_shape_of_each_checked_type_under_its_cfg() {
+    let text = schema(quote! {
+        impl C {
+            #[init] fn new(a: Limits) -> Self { todo!() }
+            pub fn set(&mut self, q: Quota, #[unchecked_schema] f: Foreign) -> u64 { 1 }
+            #[cfg(unix)] pub fn mode(&self) -> Mode { todo!() }
+        }
+    });
+    // `q`, `set ->`, `mode ->`, `new(a)`: four consts; `f` is left out.
+    for konst in ["__LS_WIRE_0", "__LS_WIRE_1", "__LS_WIRE_2", "__LS_WIRE_3"] {
+        assert!(text.contains(&format!("{konst} . 0")), "{konst} in {text}");
+    }
+    assert!(!text.contains("__LS_WIRE_4"), "{text}");
+    assert!(
+        text.contains("# [cfg (unix)] let __ls_fingerprint"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unchecked_schema_marks_arguments_and_returns_and_leaves_the_impl() {
+    let service = parse_ok(
+        TokenStream::new(),
+        quote! {
+            impl C {
+                #[init] fn new(#[unchecked_schema] a: Foreign) -> Self { todo!() }
+                #[unchecked_schema]
+                pub fn get(&self, b: u8, #[unchecked_schema] c: &Foreign) -> Foreign { todo!() }
+                pub fn put(&mut self, d: u8) -> u8 { d }
+            }
+        },
+    );
+    let flags: Vec<bool> = service.methods[0]
+        .args
+        .iter()
+        .map(|a| a.unchecked)
+        .collect();
+    assert_eq!(flags, [false, true]);
+    assert!(service.methods[0].unchecked_output);
+    assert!(!service.methods[1].unchecked_output);
+    assert!(!service.methods[1].args[0].unchecked);
+    assert!(service.init.as_ref().unwrap().args[0].unchecked);
+    let item = &service.item;
+    let text = quote!(#item).to_string();
+    assert!(!text.contains("unchecked_schema"), "{text}");
+}
+
+#[test]
+fn unchecked_schema_takes_no_arguments() {
+    let message = single_error(quote! {
+        impl C { #[unchecked_schema(yes)] pub fn get(&self) -> u8 { 1 } }
+    });
+    assert!(message.contains("without arguments"), "{message}");
+}

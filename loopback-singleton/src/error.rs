@@ -103,12 +103,14 @@ pub enum Error {
         daemon: u16,
     },
 
-    /// The daemon hosts another version of the service (a method was added, removed,
-    /// reordered or changed its signature).
+    /// The daemon hosts another version of the service: a method was added, removed,
+    /// reordered or changed its signature, or a type that crosses the wire changed shape
+    /// (a field or variant added, removed, reordered, renamed or retyped). Nothing was
+    /// sent to the instance.
     #[error(
-        "schema mismatch for `{name}`: this client was built for schema {client:016x}, \
-         the running daemon serves {daemon:016x}; rebuild both from the same source, \
-         or shut the old daemon down"
+        "schema mismatch for `{name}`: {difference}; this client was built for schema \
+         {client:016x}, the running daemon serves {daemon:016x}; rebuild both from the same \
+         source, or shut the old daemon down"
     )]
     SchemaMismatch {
         /// The singleton name.
@@ -117,6 +119,9 @@ pub enum Error {
         client: Fingerprint,
         /// The daemon's schema fingerprint.
         daemon: Fingerprint,
+        /// What differs, from this client's point of view, such as
+        /// "`Quota`: field `burst` added after `per_window` (in `set_quota(quota)`)".
+        difference: String,
     },
 
     /// The running daemon was constructed with other `#[init]` arguments than this

@@ -10,6 +10,7 @@ mod host;
 mod options;
 mod protocol;
 mod runtime_dir;
+mod schema;
 mod service;
 mod single_instance;
 mod spawn;
@@ -18,9 +19,10 @@ mod sys;
 pub use client::async_client::{AsyncClient, Call};
 pub use client::{Builder, Client};
 pub use error::Error;
-pub use loopback_singleton_macros::local_singleton;
+pub use loopback_singleton_macros::{Schema, local_singleton};
 pub use options::ServeOptions;
 pub use protocol::{DaemonInfo, Fingerprint, ProtocolError, RemoteError};
+pub use schema::Schema;
 pub use service::{Dispatch, Service};
 pub use single_instance::{
     AnotherInstance, CallbackId, Delivery, Message, Messages, Payload, Primary, Role,
@@ -36,5 +38,9 @@ pub mod __private {
     pub use serde_bytes;
 
     pub use crate::host::{daemon_hook, serve};
+    pub use crate::schema::{
+        DataModelType, DataModelVariant, NamedType, NamedValue, NamedVariant, fold_shape, shape,
+        wire_of,
+    };
     pub use crate::service::{IntoInstance, encode_reply};
 }

@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 use crate::Error;
 use crate::options::ServeOptions;
 use crate::protocol::Fingerprint;
+use crate::protocol::schema::WireItem;
+use crate::schema::NamedType;
 
 /// A type whose one instance is hosted by a loopback-singleton daemon.
 ///
@@ -75,6 +77,28 @@ pub trait Service: Sized + 'static {
     ///
     /// (The macro implements it by calling the host, which sits above this trait.)
     fn serve(init: Self::Init, options: ServeOptions) -> Result<(), Error>;
+
+    /// Lists, in order, every type that crosses the wire with the place it crosses it
+    /// (`method(argument)`, `method ->`, `#[init](argument)`): its structure, or `None`
+    /// for a type marked `#[unchecked_schema]`. What a schema mismatch is explained with.
+    #[doc(hidden)]
+    fn wire_types(out: &mut Vec<(&'static str, Option<&'static NamedType>)>) {
+        let _ = out;
+    }
+}
+
+/// The service's wire description (see [`Service::wire_types`]), as the handshake sends
+/// it. Built once per daemon, and by a client only when its schema is refused.
+pub(crate) fn wire_description<S: Service>() -> Vec<WireItem> {
+    let mut types = Vec::new();
+    S::wire_types(&mut types);
+    types
+        .into_iter()
+        .map(|(place, ty)| WireItem {
+            place: place.to_string(),
+            ty: ty.map(Into::into),
+        })
+        .collect()
 }
 
 /// What [`Service::dispatch`] returns: the reply already encoded, or a future (for an

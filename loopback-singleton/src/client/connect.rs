@@ -315,11 +315,13 @@ impl Inner {
             } => (instance, max_frame.min(self.max_frame)),
             protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Schema {
                 daemon,
+                wire,
             }) => {
                 return Err(DialError::Fatal(Error::SchemaMismatch {
                     name: self.name.clone(),
                     client: self.schema,
                     daemon,
+                    difference: protocol::schema::difference(&(self.describe)(), wire.as_deref()),
                 }));
             }
             protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Init {

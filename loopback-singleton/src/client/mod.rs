@@ -188,6 +188,7 @@ impl<S: Service> Client<S> {
             dir,
             service_id: S::SERVICE_ID,
             schema: S::SCHEMA,
+            describe: crate::service::wire_description::<S>,
             connect_timeout: builder.connect_timeout,
             start_timeout: builder.start_timeout,
             call_timeout: builder.call_timeout,

@@ -37,6 +37,8 @@ pub(super) struct Inner {
     pub(super) dir: RuntimeDir,
     pub(super) service_id: &'static str,
     pub(super) schema: Fingerprint,
+    /// This build's wire description, to say what differs when the schema is refused.
+    pub(super) describe: fn() -> Vec<crate::protocol::schema::WireItem>,
     /// `None` with [`Builder::attach`].
     pub(super) init: Option<Fingerprint>,
     pub(super) launch: Launch,

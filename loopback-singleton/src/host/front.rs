@@ -152,6 +152,7 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     } else if auth.schema != shared.schema {
         protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Schema {
             daemon: shared.schema,
+            wire: shared.wire.clone(),
         })
     } else if auth.init.is_some_and(|init| init != shared.init) {
         protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Init {

@@ -20,6 +20,7 @@ fn shared<S: Service>(max_frame: u32) -> Shared {
         port: 1,
         started: Instant::now(),
         schema: S::SCHEMA,
+        wire: protocol::schema::sendable(crate::service::wire_description::<S>()),
         init: 0,
         init_description: "()".into(),
         options: ServeOptions::default().max_frame_size(max_frame),

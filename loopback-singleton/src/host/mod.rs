@@ -81,6 +81,8 @@ struct Shared {
     port: u16,
     started: Instant,
     schema: Fingerprint,
+    /// What crosses the wire, sent to a client whose schema differs (built once).
+    wire: Option<Vec<protocol::schema::WireItem>>,
     init: Fingerprint,
     init_description: String,
     options: ServeOptions,
@@ -223,6 +225,7 @@ fn start<S: Service>(
         port,
         started: Instant::now(),
         schema: S::SCHEMA,
+        wire: protocol::schema::sendable(crate::service::wire_description::<S>()),
         init: launch.init_fingerprint,
         init_description: launch.init_description.clone(),
         options: launch.options.clone(),

@@ -50,8 +50,15 @@ pub(crate) enum Verdict {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Rejection {
-    Schema { daemon: Fingerprint },
-    Init { running: String },
+    /// `wire`: the daemon's description of what crosses the wire, so that the client
+    /// can say what differs; `None` if it would not fit in a handshake frame.
+    Schema {
+        daemon: Fingerprint,
+        wire: Option<Vec<super::schema::WireItem>>,
+    },
+    Init {
+        running: String,
+    },
     ShuttingDown,
 }
 

@@ -22,6 +22,7 @@ mod frame;
 pub(crate) mod handshake;
 mod init;
 pub(crate) mod message;
+pub(crate) mod schema;
 
 pub use error::{ProtocolError, RemoteError};
 pub(crate) use frame::{
@@ -32,10 +33,12 @@ pub(crate) use init::{describe, init_fingerprint};
 pub use message::DaemonInfo;
 pub(crate) use message::{Kind, Status, append_header, split_reply, split_request};
 
-/// A compile-time hash of a service's name and method signatures.
+/// A compile-time hash of a service's name, its method signatures as written, and the
+/// structure of every type that crosses the wire (`loopback_singleton::Schema`).
 ///
 /// Client and daemon compare fingerprints in the handshake: postcard is positional, so a
-/// client built from another version of the service would otherwise misread the bytes.
+/// client built from another version of the service, or with a type of another shape,
+/// would otherwise misread the bytes.
 pub type Fingerprint = u64;
 
 /// Identifies a loopback-singleton peer.

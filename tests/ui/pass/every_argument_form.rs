@@ -4,13 +4,13 @@
 use loopback_singleton::local_singleton;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, loopback_singleton::Schema)]
 pub struct Point {
     pub x: i64,
     pub y: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, loopback_singleton::Schema)]
 pub enum CanvasError {
     Empty,
 }
