@@ -53,12 +53,125 @@ pub trait Schema {
 }
 
 /// The hash of a type's structure that the schema fingerprint folds in (names of fields
-/// and variants included, the type's own name not). A const fn: the generated
+/// and variants included, the names of types not). A const fn: the generated
 /// `Service::SCHEMA` calls it, so the compiler computes it, never the program. Its bound
 /// is where a type without `Schema` is reported, with the diagnostic of [`Schema`].
+///
+/// The encoding hashed is self-delimiting, so that two structures never feed the same
+/// bytes: every node starts with its own tag, every list with its length, every name
+/// with its length. (postcard-schema's own key hash, made to tell endpoints apart, has
+/// neither counts nor lengths: `enum E { A(K), B }` with `K { X }` and
+/// `enum E { A(K), X, B }` with `K {}` hashed alike.)
 #[doc(hidden)]
 pub const fn shape<T: Schema + ?Sized>() -> u64 {
-    u64::from_le_bytes(postcard_schema::key::hash::fnv1a64::hash_ty_path::<Bridge<T>>(""))
+    walk::named_type(walk::FNV_OFFSET, T::SCHEMA)
+}
+
+/// The const walk behind [`shape`]: FNV-1a over a tagged, length-prefixed encoding.
+mod walk {
+    use super::{DataModelType as M, DataModelVariant as V, NamedType};
+
+    pub(super) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    const fn bytes(mut hash: u64, bytes: &[u8]) -> u64 {
+        let mut at = 0;
+        while at < bytes.len() {
+            hash = (hash ^ bytes[at] as u64).wrapping_mul(FNV_PRIME);
+            at += 1;
+        }
+        hash
+    }
+
+    const fn tag(hash: u64, tag: u8) -> u64 {
+        bytes(hash, &[tag])
+    }
+
+    const fn count(hash: u64, count: usize) -> u64 {
+        bytes(hash, &(count as u64).to_le_bytes())
+    }
+
+    const fn name(hash: u64, name: &str) -> u64 {
+        bytes(count(hash, name.len()), name.as_bytes())
+    }
+
+    const fn list(mut hash: u64, types: &[&NamedType]) -> u64 {
+        hash = count(hash, types.len());
+        let mut at = 0;
+        while at < types.len() {
+            hash = named_type(hash, types[at]);
+            at += 1;
+        }
+        hash
+    }
+
+    pub(super) const fn named_type(hash: u64, ty: &NamedType) -> u64 {
+        model(hash, ty.ty)
+    }
+
+    const fn model(hash: u64, model: &M) -> u64 {
+        match model {
+            M::Bool => tag(hash, 1),
+            M::I8 => tag(hash, 2),
+            M::U8 => tag(hash, 3),
+            M::I16 => tag(hash, 4),
+            M::I32 => tag(hash, 5),
+            M::I64 => tag(hash, 6),
+            M::I128 => tag(hash, 7),
+            M::U16 => tag(hash, 8),
+            M::U32 => tag(hash, 9),
+            M::U64 => tag(hash, 10),
+            M::U128 => tag(hash, 11),
+            M::Usize => tag(hash, 12),
+            M::Isize => tag(hash, 13),
+            M::F32 => tag(hash, 14),
+            M::F64 => tag(hash, 15),
+            M::Char => tag(hash, 16),
+            M::String => tag(hash, 17),
+            M::ByteArray => tag(hash, 18),
+            M::Option(inner) => named_type(tag(hash, 19), inner),
+            M::Unit => tag(hash, 20),
+            M::UnitStruct => tag(hash, 21),
+            M::NewtypeStruct(inner) => named_type(tag(hash, 22), inner),
+            M::Seq(inner) => named_type(tag(hash, 23), inner),
+            M::Tuple(types) => list(tag(hash, 24), types),
+            M::TupleStruct(types) => list(tag(hash, 25), types),
+            M::Map { key, val } => named_type(named_type(tag(hash, 26), key), val),
+            M::Struct(fields) => {
+                let mut hash = count(tag(hash, 27), fields.len());
+                let mut at = 0;
+                while at < fields.len() {
+                    hash = named_type(name(hash, fields[at].name), fields[at].ty);
+                    at += 1;
+                }
+                hash
+            }
+            M::Enum(variants) => {
+                let mut hash = count(tag(hash, 28), variants.len());
+                let mut at = 0;
+                while at < variants.len() {
+                    hash = name(hash, variants[at].name);
+                    hash = match variants[at].ty {
+                        V::UnitVariant => tag(hash, 1),
+                        V::NewtypeVariant(inner) => named_type(tag(hash, 2), inner),
+                        V::TupleVariant(types) => list(tag(hash, 3), types),
+                        V::StructVariant(fields) => {
+                            let mut hash = count(tag(hash, 4), fields.len());
+                            let mut field = 0;
+                            while field < fields.len() {
+                                hash = named_type(name(hash, fields[field].name), fields[field].ty);
+                                field += 1;
+                            }
+                            hash
+                        }
+                    };
+                    at += 1;
+                }
+                hash
+            }
+            M::Schema => tag(hash, 29),
+        }
+    }
 }
 
 /// A type's shape (see [`shape`]) and structure, for the generated code: one call per
@@ -66,13 +179,6 @@ pub const fn shape<T: Schema + ?Sized>() -> u64 {
 #[doc(hidden)]
 pub const fn wire_of<T: Schema + ?Sized>() -> (u64, &'static NamedType) {
     (shape::<T>(), T::SCHEMA)
-}
-
-/// Lends `postcard_schema`'s const hash our descriptions.
-struct Bridge<T: ?Sized>(PhantomData<T>);
-
-impl<T: Schema + ?Sized> postcard_schema::Schema for Bridge<T> {
-    const SCHEMA: &'static NamedType = T::SCHEMA;
 }
 
 /// Folds a type's shape into a fingerprint (FNV-1a over its bytes), at compile time.
@@ -262,5 +368,78 @@ mod tests {
         assert_eq!(shape::<Vec<u8>>(), shape::<[u8]>());
         assert_eq!(shape::<String>(), shape::<str>());
         assert_eq!(shape::<usize>(), shape::<usize>());
+    }
+
+    /// Structures that differ on the wire but fed postcard-schema's key hash the same
+    /// bytes (no counts, no name lengths): the shape must tell each pair apart.
+    #[test]
+    fn shapes_are_self_delimiting() {
+        use super::{DataModelType as M, DataModelVariant as V, NamedValue, NamedVariant};
+        const fn named(ty: &'static M) -> NamedType {
+            NamedType { name: "T", ty }
+        }
+        static U8: NamedType = named(&M::U8);
+        static USIZE: NamedType = named(&M::Usize);
+        // enum Error { Io(IoKind), Timeout } with IoKind { Read, Write } against
+        // enum Error { Io(IoKind), Write, Timeout } with IoKind { Read }.
+        static READ: NamedVariant = NamedVariant {
+            name: "Read",
+            ty: &V::UnitVariant,
+        };
+        static WRITE: NamedVariant = NamedVariant {
+            name: "Write",
+            ty: &V::UnitVariant,
+        };
+        static TIMEOUT: NamedVariant = NamedVariant {
+            name: "Timeout",
+            ty: &V::UnitVariant,
+        };
+        static KIND_2: NamedType = named(&M::Enum(&[&READ, &WRITE]));
+        static KIND_1: NamedType = named(&M::Enum(&[&READ]));
+        static IO_2: NamedVariant = NamedVariant {
+            name: "Io",
+            ty: &V::NewtypeVariant(&KIND_2),
+        };
+        static IO_1: NamedVariant = NamedVariant {
+            name: "Io",
+            ty: &V::NewtypeVariant(&KIND_1),
+        };
+        static ERROR_A: NamedType = named(&M::Enum(&[&IO_2, &TIMEOUT]));
+        static ERROR_B: NamedType = named(&M::Enum(&[&IO_1, &WRITE, &TIMEOUT]));
+        assert_ne!(
+            walk::named_type(walk::FNV_OFFSET, &ERROR_A),
+            walk::named_type(walk::FNV_OFFSET, &ERROR_B)
+        );
+        // { a: usize, b: u8 } against { akb: u8 }.
+        static A: NamedValue = NamedValue {
+            name: "a",
+            ty: &USIZE,
+        };
+        static B: NamedValue = NamedValue { name: "b", ty: &U8 };
+        static AKB: NamedValue = NamedValue {
+            name: "akb",
+            ty: &U8,
+        };
+        static TWO: NamedType = named(&M::Struct(&[&A, &B]));
+        static ONE: NamedType = named(&M::Struct(&[&AKB]));
+        assert_ne!(
+            walk::named_type(walk::FNV_OFFSET, &TWO),
+            walk::named_type(walk::FNV_OFFSET, &ONE)
+        );
+        // { a: Vec<(u8,)>, m: u8 } against { a: Vec<(u8, Option<u8>)> }.
+        static OPT: NamedType = named(&M::Option(&U8));
+        static T1: NamedType = named(&M::Tuple(&[&U8]));
+        static T2: NamedType = named(&M::Tuple(&[&U8, &OPT]));
+        static V1: NamedType = named(&M::Seq(&T1));
+        static V2: NamedType = named(&M::Seq(&T2));
+        static FA1: NamedValue = NamedValue { name: "a", ty: &V1 };
+        static FM: NamedValue = NamedValue { name: "m", ty: &U8 };
+        static FA2: NamedValue = NamedValue { name: "a", ty: &V2 };
+        static S1: NamedType = named(&M::Struct(&[&FA1, &FM]));
+        static S2: NamedType = named(&M::Struct(&[&FA2]));
+        assert_ne!(
+            walk::named_type(walk::FNV_OFFSET, &S1),
+            walk::named_type(walk::FNV_OFFSET, &S2)
+        );
     }
 }
