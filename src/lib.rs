@@ -428,7 +428,7 @@ macro_rules! shapes_service {
             let name = ::std::env::var("SUITE_NAME").expect("SUITE_NAME names the singleton");
             let limiter = LimiterClient::builder()
                 .name(name)
-                .idle_ttl(::std::time::Duration::from_secs(5))
+                .idle_ttl(::std::time::Duration::from_secs(60))
                 .connect(())?;
             let sets = match args.first().map(String::as_str) {
                 Some("set-quota") => limiter.set_quota(Quota::new(args[1].parse().unwrap()))?,

@@ -62,7 +62,7 @@ pub fn frames(data: &[u8], limit: u32) -> usize {
 
 /// Decodes `data` as every message of the handshake (both directions), as a readiness
 /// report (with and without its frame), as the launch description a daemon reads from
-/// its environment, and as runtime metadata. Whatever decodes must re-encode and
+/// the nameless file it inherits, and as runtime metadata. Whatever decodes must re-encode and
 /// decode to the same value.
 pub fn handshake_messages(data: &[u8]) {
     round_trip::<protocol::handshake::Hello>(data);
