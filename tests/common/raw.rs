@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"LBSNGLTN";
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 #[derive(Serialize, Deserialize)]
 pub struct Hello {
@@ -30,7 +30,8 @@ pub struct Challenge {
 #[derive(Serialize, Deserialize)]
 pub struct Auth {
     pub proof: [u8; 32],
-    pub schema: u64,
+    /// `None`: an admin connection (ping and shutdown only).
+    pub schema: Option<u64>,
     pub init: Option<u64>,
     pub starter: Option<[u8; 32]>,
 }
@@ -131,7 +132,7 @@ pub fn hello(stream: &mut TcpStream, nonce: [u8; 32]) -> Challenge {
 pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: u64) {
     let auth = Auth {
         proof,
-        schema,
+        schema: Some(schema),
         init: None,
         starter: None,
     };
