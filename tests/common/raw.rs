@@ -74,6 +74,11 @@ pub fn send<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Resul
     stream.write_all(&frame(&postcard::to_stdvec(message).unwrap()))
 }
 
+/// Sends `payload` as one frame.
+pub fn send_frame(stream: &mut TcpStream, payload: &[u8]) {
+    stream.write_all(&frame(payload)).unwrap();
+}
+
 pub fn receive(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header)?;
@@ -128,11 +133,11 @@ pub fn hello(stream: &mut TcpStream, nonce: [u8; 32]) -> Challenge {
     postcard::from_bytes(&receive(stream).unwrap()).unwrap()
 }
 
-/// Answers a challenge with `proof` (and no init check).
-pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: u64) {
+/// Answers a challenge with `proof` (and no init check); schema `None`: as an admin.
+pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: Option<u64>) {
     let auth = Auth {
         proof,
-        schema: Some(schema),
+        schema,
         init: None,
         starter: None,
     };
@@ -141,6 +146,11 @@ pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: u64) {
 
 /// Runs the whole handshake with `secret`; returns the authenticated stream.
 pub fn authenticate(port: u16, secret: &[u8; 32], schema: u64) -> TcpStream {
+    authenticate_as(port, secret, Some(schema))
+}
+
+/// [`authenticate`], as an admin (no schema) with `None`.
+pub fn authenticate_as(port: u16, secret: &[u8; 32], schema: Option<u64>) -> TcpStream {
     let mut stream = connect(port);
     let nonce = [7u8; 32];
     let challenge = hello(&mut stream, nonce);
