@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("spawn", 3),
     ("host", 4),
     ("client", 4),
+    ("admin", 4),
     ("single_instance", 5),
     ("fuzzing", 6),
 ];

@@ -54,7 +54,7 @@ fn a_peer_without_the_secret_gets_nothing_but_a_closed_connection() {
     for forge in forged {
         let mut stream = raw::connect(port);
         let challenge = raw::hello(&mut stream, nonce);
-        raw::answer(&mut stream, forge(&challenge), Counter::SCHEMA);
+        raw::answer(&mut stream, forge(&challenge), Some(Counter::SCHEMA));
         assert!(
             raw::closed_silently(&mut stream, Duration::from_secs(5)),
             "no verdict without a valid proof"
@@ -373,5 +373,35 @@ fn byte_buffers_travel_in_the_plain_postcard_format() {
     // And through the generated client, both directions and the slice argument.
     assert_eq!(counter.echo(payload.clone()).unwrap(), payload);
     assert_eq!(counter.byte_sum(&payload).unwrap(), 255 * 256 / 2);
+    counter.shutdown().unwrap();
+}
+
+#[test]
+fn an_admin_connection_may_ping_and_not_call() {
+    let env = TestEnv::new("admin");
+    let counter = daemon(&env);
+    let (port, secret) = raw::port_and_secret(&env.dir());
+    // No schema: what the `loopback-singleton` CLI sends. Admitted all the same.
+    let mut stream = raw::authenticate_as(port, &secret, None);
+
+    // A call (id 1, kind 0, method 1): refused with an error reply, not run.
+    raw::send_frame(&mut stream, &[1, 0, 1]);
+    let reply = raw::receive(&mut stream).unwrap();
+    assert_eq!(&reply[..2], &[1, 1], "id 1, status Err: {reply:?}");
+    let error: loopback_singleton::RemoteError = postcard::from_bytes(&reply[2..]).unwrap();
+    assert!(
+        matches!(error, loopback_singleton::RemoteError::BadRequest { .. }),
+        "{error:?}"
+    );
+
+    // A ping (id 2, kind 1) is answered.
+    raw::send_frame(&mut stream, &[2, 1]);
+    let reply = raw::receive(&mut stream).unwrap();
+    assert_eq!(&reply[..2], &[2, 0], "id 2, status Ok: {reply:?}");
+    let info: loopback_singleton::DaemonInfo = postcard::from_bytes(&reply[2..]).unwrap();
+    assert_eq!(info.calls_served, 0, "the refused call did not run");
+    raw::close(stream);
+
+    assert_eq!(counter.inc().unwrap(), 1, "the instance was not touched");
     counter.shutdown().unwrap();
 }

@@ -353,7 +353,7 @@ mod tests {
         protocol::encode_frame(
             &protocol::handshake::Auth {
                 proof: [9; 32],
-                schema: Echo::SCHEMA,
+                schema: Some(Echo::SCHEMA),
                 init: Some(1),
                 starter: None,
             },

@@ -1,6 +1,10 @@
 #![doc = include_str!("../../README.md")]
 #![warn(missing_docs)]
 
+/// For the `loopback-singleton` CLI (see `admin.rs`): see and stop daemons without
+/// knowing their services. Not covered by semver.
+#[doc(hidden)]
+pub mod admin;
 mod client;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]

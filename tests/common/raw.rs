@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"LBSNGLTN";
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 #[derive(Serialize, Deserialize)]
 pub struct Hello {
@@ -30,7 +30,8 @@ pub struct Challenge {
 #[derive(Serialize, Deserialize)]
 pub struct Auth {
     pub proof: [u8; 32],
-    pub schema: u64,
+    /// `None`: an admin connection (ping and shutdown only).
+    pub schema: Option<u64>,
     pub init: Option<u64>,
     pub starter: Option<[u8; 32]>,
 }
@@ -71,6 +72,11 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 
 pub fn send<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {
     stream.write_all(&frame(&postcard::to_stdvec(message).unwrap()))
+}
+
+/// Sends `payload` as one frame.
+pub fn send_frame(stream: &mut TcpStream, payload: &[u8]) {
+    stream.write_all(&frame(payload)).unwrap();
 }
 
 pub fn receive(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
@@ -127,8 +133,8 @@ pub fn hello(stream: &mut TcpStream, nonce: [u8; 32]) -> Challenge {
     postcard::from_bytes(&receive(stream).unwrap()).unwrap()
 }
 
-/// Answers a challenge with `proof` (and no init check).
-pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: u64) {
+/// Answers a challenge with `proof` (and no init check); schema `None`: as an admin.
+pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: Option<u64>) {
     let auth = Auth {
         proof,
         schema,
@@ -140,6 +146,11 @@ pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: u64) {
 
 /// Runs the whole handshake with `secret`; returns the authenticated stream.
 pub fn authenticate(port: u16, secret: &[u8; 32], schema: u64) -> TcpStream {
+    authenticate_as(port, secret, Some(schema))
+}
+
+/// [`authenticate`], as an admin (no schema) with `None`.
+pub fn authenticate_as(port: u16, secret: &[u8; 32], schema: Option<u64>) -> TcpStream {
     let mut stream = connect(port);
     let nonce = [7u8; 32];
     let challenge = hello(&mut stream, nonce);

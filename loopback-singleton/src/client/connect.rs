@@ -260,7 +260,7 @@ impl Inner {
         let peer = half.answer(
             &endpoint.secret,
             &challenge,
-            self.schema,
+            Some(self.schema),
             self.init,
             endpoint.starter,
         );

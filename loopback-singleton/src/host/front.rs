@@ -98,12 +98,12 @@ pub(super) async fn admit(
         // The front thread may be waiting for a free slot.
         shared.wake_front.notify_one();
     }
-    if let Ok(Ok(())) = outcome {
+    if let Ok(Ok(admin)) = outcome {
         if let Ok(stream) = stream.into_std() {
             shared.connections.fetch_add(1, Ordering::AcqRel);
             let guard = ConnectionGuard(Arc::clone(&shared));
             // If the instance thread is gone, the guard comes back and is dropped here.
-            let _ = to_instance.send(ToInstance::Connection(stream, guard));
+            let _ = to_instance.send(ToInstance::Connection(stream, guard, admin));
         }
     }
 }
@@ -122,12 +122,13 @@ impl Drop for ConnectionGuard {
 }
 
 /// The daemon's side of the mutual handshake (see [`crate::protocol::handshake`]). Any failure closes
-/// the connection without a word: an unauthenticated peer learns nothing.
+/// the connection without a word: an unauthenticated peer learns nothing. `Ok(true)`
+/// for an admin connection (no schema: ping and shutdown only).
 pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut T,
     shared: &Shared,
     secret: &Secret,
-) -> Result<(), ()> {
+) -> Result<bool, ()> {
     let mut buf = Vec::new();
     protocol::read_frame_async(stream, &mut buf, protocol::MAX_HANDSHAKE_FRAME)
         .await
@@ -149,12 +150,12 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     }
     let verdict = if shared.shutting_down.load(Ordering::Acquire) {
         protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::ShuttingDown)
-    } else if auth.schema != shared.schema {
+    } else if auth.schema.is_some_and(|schema| schema != shared.schema) {
         protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Schema {
             daemon: shared.schema,
             wire: shared.wire.clone(),
         })
-    } else if auth.init.is_some_and(|init| init != shared.init) {
+    } else if auth.schema.is_some() && auth.init.is_some_and(|init| init != shared.init) {
         protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Init {
             running: shared.init_description.clone(),
         })
@@ -171,11 +172,13 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         return Err(());
     }
     // The starter's token proves nothing on its own: it counts only from a client that
-    // proved the secret. Without a starter, any first client ends the grace.
-    if shared.starter.is_none() || auth.starter == shared.starter {
+    // proved the secret. Without a starter, any first client ends the grace. An admin
+    // connection (someone looking at the daemon) is not the client it waits for.
+    let admin = auth.schema.is_none();
+    if !admin && (shared.starter.is_none() || auth.starter == shared.starter) {
         shared.starter_arrived.store(true, Ordering::Release);
     }
-    Ok(())
+    Ok(admin)
 }
 
 pub(super) async fn write_message<T: Serialize>(

@@ -68,6 +68,13 @@ pub(crate) fn requests<S: Service>(instance: S, input: &[u8], max_frame: u32) ->
     let shared = shared::<S>(max_frame);
     let instance = Mutex::new(Some(instance));
     let mut output = Vec::new();
-    let clean = block_on(connection_loop(input, &mut output, &instance, &shared)).is_ok();
+    let clean = block_on(connection_loop(
+        input,
+        &mut output,
+        &instance,
+        &shared,
+        false,
+    ))
+    .is_ok();
     (output, clean)
 }

@@ -53,8 +53,8 @@ pub(super) fn instance_thread<S: Service>(
     let instance = Rc::new(Mutex::new(Some(instance)));
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
-        while let Some(ToInstance::Connection(stream, guard)) = from_front.recv().await {
-            tokio::task::spawn_local(serve_connection(stream, guard, Rc::clone(&instance)));
+        while let Some(ToInstance::Connection(stream, guard, admin)) = from_front.recv().await {
+            tokio::task::spawn_local(serve_connection(stream, guard, admin, Rc::clone(&instance)));
         }
         // Waits for the call in flight, if any; later calls find no instance.
         let dropped = instance.lock().await.take();
@@ -82,15 +82,17 @@ impl Buffers {
     }
 }
 
-/// Serves one authenticated connection; its guard counts it until this ends.
+/// Serves one authenticated connection; its guard counts it until this ends. An admin
+/// connection (no schema) gets ping and shutdown only.
 pub(super) async fn serve_connection<S: Service>(
     stream: std::net::TcpStream,
     guard: ConnectionGuard,
+    admin: bool,
     instance: Rc<Mutex<Option<S>>>,
 ) {
     if let Ok(mut stream) = TcpStream::from_std(stream) {
         let (reader, writer) = stream.split();
-        let _ = connection_loop(reader, writer, &instance, &guard.0).await;
+        let _ = connection_loop(reader, writer, &instance, &guard.0, admin).await;
     }
 }
 
@@ -99,6 +101,7 @@ pub(super) async fn connection_loop<S: Service>(
     mut writer: impl AsyncWrite + Unpin,
     instance: &Mutex<Option<S>>,
     shared: &Shared,
+    admin: bool,
 ) -> Result<(), ()> {
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     let mut buffers = Buffers {
@@ -133,6 +136,14 @@ pub(super) async fn connection_loop<S: Service>(
         }
         let start = output.len();
         match kind {
+            protocol::Kind::Call if admin => {
+                protocol::append_header(output, id, protocol::Status::Err);
+                let refusal = RemoteError::BadRequest {
+                    message: "an admin connection (no schema) may ping and shut down, not call"
+                        .into(),
+                };
+                postcard::to_io(&refusal, &mut *output).expect("encoding into a Vec cannot fail");
+            }
             protocol::Kind::Call => run_call(instance, shared, id, body, output).await,
             protocol::Kind::Ping => {
                 protocol::append_header(output, id, protocol::Status::Ok);

@@ -139,7 +139,7 @@ impl Shared {
 
 /// What the front thread hands the instance thread.
 enum ToInstance {
-    Connection(std::net::TcpStream, ConnectionGuard),
+    Connection(std::net::TcpStream, ConnectionGuard, bool),
     Retire,
 }
 

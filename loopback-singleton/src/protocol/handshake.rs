@@ -27,7 +27,10 @@ pub(crate) struct Challenge {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Auth {
     pub proof: Proof,
-    pub schema: Fingerprint,
+    /// The client's service fingerprint; `None` for an admin connection (the
+    /// `loopback-singleton` CLI), which knows no service: the daemon admits it for
+    /// ping and shutdown and refuses its calls.
+    pub schema: Option<Fingerprint>,
     /// `None` attaches to whatever instance runs, whatever its init arguments.
     pub init: Option<Fingerprint>,
     /// The token of the client that started the daemon (from its launch description,
@@ -125,7 +128,7 @@ impl ClientHalf {
         &self,
         secret: &Secret,
         challenge: &Challenge,
-        schema: Fingerprint,
+        schema: Option<Fingerprint>,
         init: Option<Fingerprint>,
         starter: Option<Nonce>,
     ) -> Peer {
@@ -216,13 +219,13 @@ mod tests {
         let (client, hello) = ClientHalf::hello();
         let (daemon, challenge, same_version) = DaemonHalf::challenge(&secret, &hello).unwrap();
         assert!(same_version);
-        let Peer::Proven(auth) = client.answer(&secret, &challenge, 1, Some(2), None) else {
+        let Peer::Proven(auth) = client.answer(&secret, &challenge, Some(1), Some(2), None) else {
             panic!("the daemon proved itself");
         };
         assert!(daemon.admits(&secret, &auth));
         assert!(!daemon.admits(&[5u8; 32], &auth));
         assert!(matches!(
-            client.answer(&[5u8; 32], &challenge, 1, None, None),
+            client.answer(&[5u8; 32], &challenge, Some(1), None, None),
             Peer::Unproven
         ));
         let other = Challenge {
@@ -230,7 +233,7 @@ mod tests {
             ..challenge
         };
         assert!(matches!(
-            client.answer(&secret, &other, 1, None, None),
+            client.answer(&secret, &other, None, None, None),
             Peer::OtherVersion(99)
         ));
     }

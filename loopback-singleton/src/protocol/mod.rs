@@ -9,7 +9,7 @@
 //! ```text
 //! client -> daemon  Hello      { magic, version, client nonce }
 //! daemon -> client  Challenge  { magic, version, daemon nonce, daemon proof }
-//! client -> daemon  Auth       { client proof, schema, init fingerprint, starter token }
+//! client -> daemon  Auth       { client proof, schema (None: admin), init fingerprint, starter token }
 //! daemon -> client  Verdict    Welcome { pid, instance, max_frame } | Rejected(..)
 //! ```
 //!
@@ -46,8 +46,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"LBSNGLTN";
 /// Bumped on any incompatible change of the frames below or of what they mean. 2: the
 /// init fingerprint ignores map order, the handshake carries the starter token, and
 /// hosts hold the instance lock (a host of version 1 would not keep a successor waiting
-/// while it drops its instance).
-pub(crate) const PROTOCOL_VERSION: u16 = 2;
+/// while it drops its instance). 3: `Auth`'s schema is optional (an admin connection,
+/// ping and shutdown only).
+pub(crate) const PROTOCOL_VERSION: u16 = 3;
 /// Default frame size limit: 64 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: u32 = 64 << 20;
 /// Frames of the handshake are tiny; anything bigger is refused before allocating.

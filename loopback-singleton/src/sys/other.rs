@@ -158,6 +158,10 @@ pub(crate) fn process_exited(pid: u32) -> bool {
 
 pub(crate) fn raise_fd_limit() {}
 
+pub(crate) fn kill(_pid: u32) -> io::Result<()> {
+    Err(unsupported())
+}
+
 pub(crate) fn spawn_with(
     _command: &mut Command,
     _title: &str,

@@ -219,6 +219,20 @@ pub(crate) fn process_exited(pid: u32) -> bool {
     process_facts(pid).is_none_or(|(zombie, _)| zombie)
 }
 
+/// Sends SIGKILL to `pid` (the CLI's `stop` of a daemon that does not retire).
+pub(crate) fn kill(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a single process id"))?;
+    // SAFETY: kill takes plain integers; a positive pid names one process.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Lifts the soft open-file limit to the hard one, so a daemon can hold many clients.
 pub(crate) fn raise_fd_limit() {
     let mut limit = libc::rlimit {

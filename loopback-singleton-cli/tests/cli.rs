@@ -1,0 +1,337 @@
+//! The `loopback-singleton` binary run as a real process against real daemons of the
+//! suite's services.
+//!
+//! These tests live in the CLI package because `CARGO_BIN_EXE_loopback-singleton`
+//! exists only for a package's own binaries; the suite (root package) is a
+//! dev-dependency for its services. The root suite's `tests/common` cannot be included
+//! here (it names the suite's own helper binary), so `Env` below is its small
+//! equivalent: an isolated runtime base, and every daemon under it killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use loopback_singleton::Builder;
+use loopback_singleton_suite::{Counter, CounterClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_loopback-singleton");
+
+struct Env {
+    base: PathBuf,
+    prefix: String,
+}
+
+impl Env {
+    fn new(test: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let base = std::env::temp_dir().join(format!("ls-cli-{}-{seq}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Env {
+            base,
+            prefix: format!("{test}-{}-{seq}", std::process::id()),
+        }
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.prefix)
+    }
+
+    /// Starts (through a client) a Counter daemon named `name`.
+    fn counter(&self, name: &str) -> CounterClient {
+        Builder::<Counter>::new()
+            .runtime_dir(&self.base)
+            .name(name)
+            .idle_ttl(Duration::from_secs(30))
+            .connect(0)
+            .unwrap()
+    }
+
+    fn metadata(&self, name: &str) -> PathBuf {
+        self.base.join(name).join("metadata.json")
+    }
+
+    /// Runs the CLI with this base, to completion within `limit`.
+    fn run(&self, args: &[&str], limit: Duration) -> Output {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("LOOPBACK_SINGLETON_DIR", &self.base)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                panic!("`loopback-singleton {args:?}` ran over {limit:?}: {output:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.base) {
+            for entry in entries.flatten() {
+                if let Some(pid) = recorded_pid(&entry.path().join("metadata.json")) {
+                    kill(pid);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+fn recorded_pid(metadata: &Path) -> Option<u32> {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(metadata).ok()?).ok()?;
+    json["pid"].as_u64()?.try_into().ok()
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+fn kill(pid: u32) {
+    signal(pid, libc::SIGKILL);
+    wait_gone(pid, Duration::from_secs(10));
+}
+
+/// The state letter of `/proc/<pid>/stat`, `None` if there is no such process.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+fn alive(pid: u32) -> bool {
+    process_state(pid).is_some_and(|state| state != 'Z')
+}
+
+fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("not JSON ({error}): {output:?}"))
+}
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn list_shows_two_daemons_and_marks_a_killed_one_stale() {
+    let env = Env::new("list");
+    let (a, b) = (env.name("a"), env.name("b"));
+    let client_a = env.counter(&a);
+    let client_b = env.counter(&b);
+    client_a.inc().unwrap();
+    let (pid_a, pid_b) = (client_a.pid().unwrap(), client_b.pid().unwrap());
+
+    let output = env.run(&["list", "--json"], LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    let listed = json(&output);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let find = |listed: &[serde_json::Value], name: &str| {
+        listed
+            .iter()
+            .find(|entry| entry["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {listed:?}"))
+            .clone()
+    };
+    let entry_a = find(listed, &a);
+    assert_eq!(entry_a["pid"], pid_a);
+    assert_eq!(entry_a["state"], "running");
+    assert_eq!(entry_a["calls_served"], 2, "inc and pid: {entry_a}");
+    assert_eq!(entry_a["clients"], 1, "client_a, not the CLI: {entry_a}");
+    assert_eq!(find(listed, &b)["pid"], pid_b);
+
+    // The table for people names both.
+    let table = env.run(&["list"], LIMIT);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains(&a) && text.contains(&b), "{text}");
+
+    kill(pid_b);
+    let output = env.run(&["list", "--json"], LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    let listed = json(&output);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(find(listed, &b)["state"], "stale");
+    assert_eq!(find(listed, &b)["uptime_ms"], serde_json::Value::Null);
+    assert_eq!(find(listed, &a)["state"], "running");
+    drop((client_a, client_b));
+}
+
+#[test]
+fn status_of_a_name_without_daemon_exits_3_and_starts_nothing() {
+    let env = Env::new("status");
+    let name = env.name("none");
+    let output = env.run(&["status", &name], LIMIT);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no daemon named"), "{stderr}");
+    assert!(!env.base.join(&name).exists(), "nothing was created");
+    assert_eq!(std::fs::read_dir(&env.base).unwrap().count(), 0);
+
+    let output = env.run(&["status", &name, "--json"], LIMIT);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert_eq!(json(&output)["state"], "not running");
+    for command in [&["stop", &name][..], &["logs", &name][..]] {
+        let output = env.run(command, LIMIT);
+        assert_eq!(output.status.code(), Some(3), "{command:?}: {output:?}");
+    }
+    assert_eq!(std::fs::read_dir(&env.base).unwrap().count(), 0);
+}
+
+#[test]
+fn status_json_has_the_documented_shape() {
+    let env = Env::new("shape");
+    let name = env.name("c");
+    let client = env.counter(&name);
+    let pid = client.pid().unwrap();
+    let output = env.run(&["status", &name, "--json"], LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    let detail = json(&output);
+    // The golden shape: every field and its JSON type (see the README's "Operating it").
+    let golden: &[(&str, &str)] = &[
+        ("name", "string"),
+        ("state", "string"),
+        ("pid", "number"),
+        ("port", "number"),
+        ("version", "string"),
+        ("uptime_ms", "number"),
+        ("clients", "number"),
+        ("calls_served", "number"),
+        ("error", "null"),
+        ("service", "string"),
+        ("instance", "string"),
+        ("schema", "string"),
+        ("protocol", "number"),
+        ("dir", "string"),
+        ("log", "string"),
+    ];
+    let object = detail.as_object().unwrap();
+    let mut fields: Vec<&str> = object.keys().map(String::as_str).collect();
+    fields.sort();
+    let mut expected: Vec<&str> = golden.iter().map(|(field, _)| *field).collect();
+    expected.sort();
+    assert_eq!(fields, expected, "{detail}");
+    for (field, kind) in golden {
+        let value = &object[*field];
+        let actual = match value {
+            serde_json::Value::Null => "null",
+            serde_json::Value::String(_) => "string",
+            serde_json::Value::Number(_) => "number",
+            _ => "other",
+        };
+        assert_eq!(actual, *kind, "{field}: {value}");
+    }
+    assert_eq!(detail["pid"], pid);
+    assert_eq!(detail["state"], "running");
+
+    // `list --json` entries are the first nine of these fields.
+    let output = env.run(&["list", "--json"], LIMIT);
+    let listed = json(&output);
+    let entry = listed[0].as_object().unwrap();
+    let mut fields: Vec<&str> = entry.keys().map(String::as_str).collect();
+    fields.sort();
+    let mut expected: Vec<&str> = golden[..9].iter().map(|(field, _)| *field).collect();
+    expected.sort();
+    assert_eq!(fields, expected, "{entry:?}");
+    drop(client);
+}
+
+#[test]
+fn stop_kills_a_hung_daemon_within_its_timeout_and_cleans_up() {
+    let env = Env::new("stop");
+    let name = env.name("hung");
+    let client = env.counter(&name);
+    let pid = client.pid().unwrap();
+    signal(pid, libc::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_state(pid) != Some('T') {
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    let started = Instant::now();
+    let output = env.run(&["stop", &name, "--timeout", "1s"], LIMIT);
+    let took = started.elapsed();
+    assert!(output.status.success(), "{output:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("killed"),
+        "{output:?}"
+    );
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "pid {pid} still runs"
+    );
+    assert!(!env.metadata(&name).exists());
+    assert!(!env.base.join(&name).join("secret").exists());
+    drop(client);
+}
+
+#[test]
+fn stop_retires_a_running_daemon_gracefully() {
+    let env = Env::new("graceful");
+    let name = env.name("ok");
+    let client = env.counter(&name);
+    let pid = client.pid().unwrap();
+    let output = env.run(&["stop", &name], LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("stopped"),
+        "{output:?}"
+    );
+    assert!(wait_gone(pid, Duration::from_secs(5)));
+    assert!(!env.metadata(&name).exists());
+    drop(client);
+}
+
+#[test]
+fn an_admin_connection_cannot_call() {
+    // The CLI speaks ping and shutdown only; a call from it would be refused. Here: its
+    // pings do not count as calls, and do not disturb a client.
+    let env = Env::new("admin");
+    let name = env.name("c");
+    let client = env.counter(&name);
+    for _ in 0..3 {
+        assert!(env.run(&["status", &name], LIMIT).status.success());
+    }
+    let output = env.run(&["status", &name, "--json"], LIMIT);
+    assert_eq!(json(&output)["calls_served"], 0);
+    assert_eq!(client.inc().unwrap(), 1);
+}
+
+#[test]
+fn logs_prints_the_start_line() {
+    let env = Env::new("logs");
+    let name = env.name("c");
+    let client = env.counter(&name);
+    let output = env.run(&["logs", &name], LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("serving `"), "{text}");
+    drop(client);
+}
