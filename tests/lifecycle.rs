@@ -482,3 +482,34 @@ fn shutdown_of_a_daemon_already_gone_starts_none() {
     let log = std::fs::read_to_string(env.dir().join("daemon.log")).unwrap();
     assert_eq!(log.matches("serving").count(), 1, "{log}");
 }
+
+#[test]
+fn the_idle_ttl_comes_from_the_environment_where_the_code_leaves_the_default() {
+    let env = TestEnv::new("envttl");
+    // suite-client leaves the idle TTL at its default (2 s); the environment says never.
+    let mut client = env.client(&["inc", "0", "1"]);
+    client.env("LOOPBACK_SINGLETON_IDLE_TTL", "none");
+    let output = common::output_within(client, Duration::from_secs(60));
+    let pid = field(&output, "pid") as u32;
+    // Past the default TTL with no client: still there.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(
+        alive(pid),
+        "LOOPBACK_SINGLETON_IDLE_TTL=none keeps the daemon"
+    );
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_eq!(counter.pid().unwrap(), pid);
+    counter.shutdown().unwrap();
+
+    // A value that does not parse is a clear error, and starts nothing.
+    let mut client = env.client(&["inc", "0", "1"]);
+    client.env("LOOPBACK_SINGLETON_IDLE_TTL", "soon");
+    let output = common::output_within(client, Duration::from_secs(60));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("LOOPBACK_SINGLETON_IDLE_TTL") && stderr.contains("30s"),
+        "{stderr}"
+    );
+    assert!(env.recorded_pid().is_none(), "nothing was started");
+}

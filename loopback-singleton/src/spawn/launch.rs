@@ -38,6 +38,12 @@ impl Launch {
             name: name.clone(),
             reason: format!("the init arguments do not encode: {error}"),
         };
+        let options = options
+            .with_environment()
+            .map_err(|reason| Error::StartFailed {
+                name: name.clone(),
+                reason,
+            })?;
         Ok(Launch {
             init: postcard::to_stdvec(init).map_err(|error| unencodable(&error))?,
             init_fingerprint: protocol::init_fingerprint(init)
