@@ -274,8 +274,14 @@ fn list(base: &Path, json: bool) -> Result<(), Failure> {
     let header = [
         "NAME", "PID", "PORT", "VERSION", "UPTIME", "CLIENTS", "CALLS", "STATE",
     ];
+    print_table(&header, &rows);
+    Ok(())
+}
+
+/// Left-aligned columns two spaces apart, as wide as their widest cell.
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
@@ -288,11 +294,10 @@ fn list(base: &Path, json: bool) -> Result<(), Failure> {
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };
-    line(&header);
-    for row in &rows {
+    line(header);
+    for row in rows {
         line(&row.each_ref().map(String::as_str));
     }
-    Ok(())
 }
 
 fn human_duration(ms: u64) -> String {
@@ -550,24 +555,7 @@ fn stats(base: &Path, name: &str, json: bool, zero: bool) -> Result<(), Failure>
         "IN",
         "OUT",
     ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
+    print_table(&header, &rows);
     Ok(())
 }
 
