@@ -150,3 +150,36 @@ fn a_client_outlives_the_runtime_it_connected_in() {
     assert_eq!(value, 2, "the same daemon, reached again");
     second.block_on(counter.shutdown()).unwrap();
 }
+
+#[tokio::test]
+async fn async_stats_report_and_reset() {
+    let env = TestEnv::new("async-stats");
+    let counter = connect(&env).await;
+    for _ in 0..4 {
+        counter.inc().await.unwrap();
+    }
+    let stats = counter.client().stats().await.unwrap();
+    let inc = stats.methods.iter().find(|m| m.name == "inc").unwrap();
+    assert_eq!(inc.calls, 4);
+    let taken = counter.client().take_stats().await.unwrap();
+    assert_eq!(
+        taken
+            .methods
+            .iter()
+            .find(|m| m.name == "inc")
+            .unwrap()
+            .calls,
+        4
+    );
+    let after = counter.client().stats().await.unwrap();
+    assert_eq!(
+        after
+            .methods
+            .iter()
+            .find(|m| m.name == "inc")
+            .unwrap()
+            .calls,
+        0
+    );
+    counter.shutdown().await.unwrap();
+}

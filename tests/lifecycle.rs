@@ -513,3 +513,56 @@ fn the_idle_ttl_comes_from_the_environment_where_the_code_leaves_the_default() {
     );
     assert!(env.recorded_pid().is_none(), "nothing was started");
 }
+
+#[test]
+fn stats_count_calls_errors_and_panics_per_method_and_take_stats_resets() {
+    let env = TestEnv::new("stats");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    for _ in 0..3 {
+        counter.inc().unwrap();
+    }
+    assert!(counter.explode("kaboom").is_err());
+    // An index no method has: BadRequest, reported under its index without a name.
+    let refused: Result<u64, Error> = counter.client().call(99, &());
+    assert!(matches!(
+        refused,
+        Err(Error::Remote(RemoteError::BadRequest { .. }))
+    ));
+
+    let stats = counter.client().stats().unwrap();
+    let find = |stats: &loopback_singleton::Stats, index: u32| {
+        stats
+            .methods
+            .iter()
+            .find(|method| method.index == index)
+            .unwrap_or_else(|| panic!("no method {index} in {stats:?}"))
+            .clone()
+    };
+    let inc = find(&stats, 0);
+    assert_eq!((inc.name.as_str(), inc.calls, inc.errors), ("inc", 3, 0));
+    assert_eq!((inc.handler.count, inc.queue.count), (3, 3));
+    assert!(inc.handler.p50 <= inc.handler.p99 && inc.handler.p99 <= inc.handler.max);
+    let explode = stats
+        .methods
+        .iter()
+        .find(|method| method.name == "explode")
+        .unwrap();
+    assert_eq!((explode.calls, explode.panics), (1, 1));
+    let unknown = find(&stats, 99);
+    assert_eq!(
+        (unknown.name.as_str(), unknown.calls, unknown.errors),
+        ("", 1, 1)
+    );
+    assert_eq!(unknown.handler.count, 0, "never ran");
+
+    let taken = counter.client().take_stats().unwrap();
+    assert_eq!(
+        find(&taken, 0).calls,
+        3,
+        "the report covers up to the reset"
+    );
+    let after = counter.client().stats().unwrap();
+    assert_eq!(find(&after, 0).calls, 0);
+    assert!(after.methods.iter().all(|method| method.index != 99));
+    counter.shutdown().unwrap();
+}

@@ -2,8 +2,8 @@
 //!
 //! It finds daemons where the runtime does (`$LOOPBACK_SINGLETON_DIR`, else the per-user
 //! default), authenticates like a client (same user, the secret read through the
-//! runtime directory's trust checks) over an admin connection that may ping and shut
-//! down but never call, and never starts a daemon.
+//! runtime directory's trust checks) over an admin connection that may ping, ask for
+//! stats and shut down but never call, and never starts a daemon.
 //!
 //! Exit codes: 0 done, 3 no such daemon running, 1 any other error (2: bad usage).
 
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use loopback_singleton::admin::{self, Daemon, Stopped};
+use loopback_singleton::{Latency, Stats};
 use serde::Serialize;
 
 /// How long `list` and `status` wait for a daemon's answer before calling it unreachable.
@@ -65,6 +66,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Per-method metrics of one daemon: calls, errors, panics, handler and queue
+    /// latency (p50/p90/p99/max), bytes in and out.
+    Stats {
+        /// The singleton name (as in `list`).
+        name: String,
+        /// A JSON object (a stable shape; see the README).
+        #[arg(long)]
+        json: bool,
+        /// Zero the daemon's metrics after reading them (the report covers up to then).
+        #[arg(long)]
+        zero: bool,
+    },
     /// Print a daemon's log file.
     Logs {
         /// The singleton name (as in `list`).
@@ -96,6 +109,7 @@ fn main() -> ExitCode {
                 timeout,
                 force,
             } => stop(&base, &name, timeout, force),
+            Command::Stats { name, json, zero } => stats(&base, &name, json, zero),
             Command::Logs { name, follow } => logs(&base, &name, follow),
         });
     match outcome {
@@ -260,8 +274,14 @@ fn list(base: &Path, json: bool) -> Result<(), Failure> {
     let header = [
         "NAME", "PID", "PORT", "VERSION", "UPTIME", "CLIENTS", "CALLS", "STATE",
     ];
+    print_table(&header, &rows);
+    Ok(())
+}
+
+/// Left-aligned columns two spaces apart, as wide as their widest cell.
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
@@ -274,11 +294,10 @@ fn list(base: &Path, json: bool) -> Result<(), Failure> {
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };
-    line(&header);
-    for row in &rows {
+    line(header);
+    for row in rows {
         line(&row.each_ref().map(String::as_str));
     }
-    Ok(())
 }
 
 fn human_duration(ms: u64) -> String {
@@ -369,6 +388,175 @@ fn stop(base: &Path, name: &str, timeout: Duration, force: bool) -> Result<(), F
             Ok(())
         }
     }
+}
+
+/// `stats --json`: field names and types are a stable interface (see the README);
+/// fields only ever get added.
+#[derive(Serialize)]
+struct StatsReport {
+    name: String,
+    /// The time the numbers cover: since the daemon started, or since the last `--zero`.
+    since_ms: u64,
+    /// Whether this report zeroed the daemon's metrics.
+    zeroed: bool,
+    methods: Vec<MethodReport>,
+}
+
+#[derive(Serialize)]
+struct MethodReport {
+    index: u32,
+    /// Empty if the service does not name its methods.
+    name: String,
+    calls: u64,
+    errors: u64,
+    panics: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Time in the method, in nanoseconds.
+    handler_ns: LatencyReport,
+    /// Time from the request's arrival to the instance's availability, in nanoseconds.
+    queue_ns: LatencyReport,
+}
+
+#[derive(Serialize)]
+struct LatencyReport {
+    count: u64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl From<&Latency> for LatencyReport {
+    fn from(latency: &Latency) -> Self {
+        LatencyReport {
+            count: latency.count,
+            p50: nanos(latency.p50),
+            p90: nanos(latency.p90),
+            p99: nanos(latency.p99),
+            max: nanos(latency.max),
+        }
+    }
+}
+
+fn stats_report(name: &str, stats: &Stats, zeroed: bool) -> StatsReport {
+    StatsReport {
+        name: name.to_string(),
+        since_ms: u64::try_from(stats.since.as_millis()).unwrap_or(u64::MAX),
+        zeroed,
+        methods: stats
+            .methods
+            .iter()
+            .map(|method| MethodReport {
+                index: method.index,
+                name: method.name.clone(),
+                calls: method.calls,
+                errors: method.errors,
+                panics: method.panics,
+                bytes_in: method.bytes_in,
+                bytes_out: method.bytes_out,
+                handler_ns: (&method.handler).into(),
+                queue_ns: (&method.queue).into(),
+            })
+            .collect(),
+    }
+}
+
+/// `850ns`, `12.3us`, `4.56ms`, `1.20s`: three significant digits at most.
+fn human_latency(duration: Duration) -> String {
+    let ns = duration.as_nanos() as f64;
+    let (value, unit) = if ns < 1e3 {
+        return format!("{ns}ns");
+    } else if ns < 1e6 {
+        (ns / 1e3, "us")
+    } else if ns < 1e9 {
+        (ns / 1e6, "ms")
+    } else {
+        (ns / 1e9, "s")
+    };
+    let decimals = if value < 10.0 {
+        2
+    } else if value < 100.0 {
+        1
+    } else {
+        0
+    };
+    format!("{value:.decimals$}{unit}")
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes}B"),
+        1024..1_048_576 => format!("{:.1}KiB", bytes as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1}MiB", bytes as f64 / 1_048_576.0),
+        _ => format!("{:.1}GiB", bytes as f64 / 1_073_741_824.0),
+    }
+}
+
+fn stats(base: &Path, name: &str, json: bool, zero: bool) -> Result<(), Failure> {
+    let Some(daemon) = Daemon::open(base, name)? else {
+        return Err(not_running(base, name));
+    };
+    let stats = match daemon.stats(PING_TIMEOUT, zero) {
+        Ok(stats) => stats,
+        Err(loopback_singleton::Error::NotRunning { .. }) => return Err(not_running(base, name)),
+        Err(error) => return Err(error.into()),
+    };
+    if json {
+        return print_json(&stats_report(name, &stats, zero));
+    }
+    let since = u64::try_from(stats.since.as_millis()).unwrap_or(u64::MAX);
+    let what = if zero { ", now zeroed" } else { "" };
+    println!("{name}: over the last {}{what}", human_duration(since));
+    let latencies = |latency: &Latency| {
+        [latency.p50, latency.p90, latency.p99, latency.max]
+            .map(human_latency)
+            .join("/")
+    };
+    let rows: Vec<[String; 8]> = stats
+        .methods
+        .iter()
+        .map(|method| {
+            let label = if method.name.is_empty() {
+                format!("#{}", method.index)
+            } else {
+                method.name.clone()
+            };
+            let timed = |latency: &Latency| {
+                if latency.count == 0 {
+                    "-".to_string()
+                } else {
+                    latencies(latency)
+                }
+            };
+            [
+                label,
+                method.calls.to_string(),
+                method.errors.to_string(),
+                method.panics.to_string(),
+                timed(&method.handler),
+                timed(&method.queue),
+                human_bytes(method.bytes_in),
+                human_bytes(method.bytes_out),
+            ]
+        })
+        .collect();
+    let header = [
+        "METHOD",
+        "CALLS",
+        "ERRORS",
+        "PANICS",
+        "HANDLER p50/p90/p99/max",
+        "QUEUE p50/p90/p99/max",
+        "IN",
+        "OUT",
+    ];
+    print_table(&header, &rows);
+    Ok(())
 }
 
 fn logs(base: &Path, name: &str, follow: bool) -> Result<(), Failure> {

@@ -335,3 +335,73 @@ fn logs_prints_the_start_line() {
     assert!(text.contains("serving `"), "{text}");
     drop(client);
 }
+
+#[test]
+fn stats_counts_calls_per_method_and_zero_resets() {
+    let env = Env::new("stats");
+    let name = env.name("c");
+    let client = env.counter(&name);
+    const N: u64 = 25;
+    for _ in 0..N {
+        client.inc().unwrap();
+    }
+    client.get().unwrap();
+
+    let output = env.run(&["stats", &name, "--json"], LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    let report = json(&output);
+    assert_eq!(report["name"], name.as_str());
+    assert_eq!(report["zeroed"], false);
+    let method = |report: &serde_json::Value, wanted: &str| {
+        report["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|method| method["name"] == wanted)
+            .unwrap_or_else(|| panic!("{wanted} missing from {report}"))
+            .clone()
+    };
+    let inc = method(&report, "inc");
+    assert_eq!(inc["calls"], N, "{inc}");
+    assert_eq!((&inc["errors"], &inc["panics"]), (&0.into(), &0.into()));
+    assert!(inc["bytes_in"].as_u64().unwrap() >= N * 6, "{inc}");
+    assert!(inc["bytes_out"].as_u64().unwrap() >= N * 6, "{inc}");
+    for latency in [&inc["handler_ns"], &inc["queue_ns"]] {
+        let at = |key: &str| latency[key].as_u64().unwrap();
+        assert_eq!(at("count"), N, "{latency}");
+        assert!(
+            at("p50") <= at("p90") && at("p90") <= at("p99"),
+            "{latency}"
+        );
+        assert!(at("p99") <= at("max") && at("max") > 0, "{latency}");
+    }
+    assert_eq!(method(&report, "get")["calls"], 1);
+    assert_eq!(
+        method(&report, "add_all")["calls"],
+        0,
+        "declared, never called"
+    );
+
+    // The table for people.
+    let output = env.run(&["stats", &name], LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("METHOD") && text.contains("inc"), "{text}");
+
+    // --zero reports what came before, then starts over.
+    let output = env.run(&["stats", &name, "--json", "--zero"], LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    let report = json(&output);
+    assert_eq!(report["zeroed"], true);
+    assert_eq!(method(&report, "inc")["calls"], N);
+    client.inc().unwrap();
+    let report = json(&env.run(&["stats", &name, "--json"], LIMIT));
+    assert_eq!(method(&report, "inc")["calls"], 1, "{report}");
+    assert_eq!(method(&report, "inc")["handler_ns"]["count"], 1);
+    assert_eq!(method(&report, "get")["calls"], 0);
+
+    // No daemon: exit 3, as for status.
+    let output = env.run(&["stats", &env.name("none")], LIMIT);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    drop(client);
+}

@@ -246,6 +246,14 @@ fn service_impl(service: &Service, names: &Names) -> TokenStream {
         .methods
         .iter()
         .map(|method| dispatch_arm(service, method, request));
+    // By wire index: a method under `#[cfg]` is left out with its variant.
+    let method_names = service.methods.iter().map(|method| {
+        let name = method.ident.unraw().to_string();
+        match method.cfg_predicate() {
+            None => quote!(#name),
+            Some(predicate) => quote!(#[cfg(#predicate)] #name),
+        }
+    });
     quote! {
         #[allow(deprecated)]
         impl ::loopback_singleton::Service for #self_ty {
@@ -258,6 +266,7 @@ fn service_impl(service: &Service, names: &Names) -> TokenStream {
             const SERVICE_ID: &'static str =
                 ::core::concat!(::core::module_path!(), "::", #type_name);
             const SCHEMA: ::loopback_singleton::Fingerprint = #schema;
+            const METHODS: &'static [&'static str] = &[#(#method_names),*];
 
             fn construct(
                 __ls_init: Self::Init,

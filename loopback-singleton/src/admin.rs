@@ -1,7 +1,7 @@
 //! What the `loopback-singleton` command-line tool needs to see and stop daemons without
 //! knowing their services: the runtime base, the names under it, each name's published
-//! metadata, and an admin connection (the handshake without a schema) that may ping and
-//! shut down, never call. It never starts a daemon, and never creates a directory.
+//! metadata, and an admin connection (the handshake without a schema) that may ping,
+//! ask for stats and shut down, never call. It never starts a daemon, and never creates a directory.
 //!
 //! Not covered by semver: an interface between this crate and its CLI of the same
 //! version.
@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::protocol::handshake::{Challenge, ClientHalf, Peer, Rejection, Verdict};
-use crate::protocol::{self, DaemonInfo, FrameError, Kind, ProtocolError, RemoteError, Status};
+use crate::protocol::{
+    self, DaemonInfo, FrameError, Kind, ProtocolError, RemoteError, Stats, Status,
+};
 use crate::runtime_dir::{self, Metadata, RuntimeDir};
 use crate::sys;
 
@@ -138,6 +140,14 @@ impl Daemon {
         protocol::decode("daemon info", &body).map_err(Error::Protocol)
     }
 
+    /// Asks the live daemon for its per-method [`Stats`] within `timeout`; with `zero`,
+    /// zeroes them in the same step (the report covers up to the reset).
+    pub fn stats(&self, timeout: Duration, zero: bool) -> Result<Stats, Error> {
+        let metadata = self.live()?;
+        let body = self.exchange_with(&metadata, Kind::Stats, &[u8::from(zero)], timeout)?;
+        protocol::decode("stats", &body).map_err(Error::Protocol)
+    }
+
     /// Stops the daemon: a shutdown request, then waiting for the process to end until
     /// `timeout`; past it, or at once with `force`, SIGKILL and removal of its metadata
     /// and secret.
@@ -206,6 +216,17 @@ impl Daemon {
         &self,
         metadata: &Metadata,
         kind: Kind,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Error> {
+        self.exchange_with(metadata, kind, &[], timeout)
+    }
+
+    /// [`exchange`](Self::exchange) with a request body.
+    fn exchange_with(
+        &self,
+        metadata: &Metadata,
+        kind: Kind,
+        request: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, Error> {
         let name = self.name();
@@ -298,6 +319,7 @@ impl Daemon {
         }
         buf.clear();
         protocol::append_header(&mut buf, 1, kind);
+        buf.extend_from_slice(request);
         protocol::close_frame(&mut buf, 0);
         send(&mut reader, &buf).map_err(lost)?;
         receive(&mut reader, &mut buf, protocol::DEFAULT_MAX_FRAME).map_err(frame_error)?;

@@ -162,6 +162,15 @@ pub fn daemon_requests<S: Service>(instance: S, data: &[u8], max_frame: u32) -> 
             (protocol::Kind::Ping, protocol::Status::Ok) => {
                 let _: DaemonInfo = protocol::decode("ping reply", body).expect("a ping reply");
             }
+            (protocol::Kind::Stats, protocol::Status::Ok) => {
+                let stats: protocol::Stats = protocol::decode("stats reply", body).expect("stats");
+                for method in &stats.methods {
+                    for latency in [&method.handler, &method.queue] {
+                        assert!(latency.p50 <= latency.p90 && latency.p90 <= latency.p99);
+                        assert!(latency.p99 <= latency.max);
+                    }
+                }
+            }
             (protocol::Kind::Shutdown, protocol::Status::Ok) => assert!(body.is_empty()),
             (protocol::Kind::Call, protocol::Status::Ok) => {}
             (protocol::Kind::Call, protocol::Status::Err) => {

@@ -25,7 +25,9 @@ pub use client::{Builder, Client};
 pub use error::Error;
 pub use loopback_singleton_macros::{Schema, local_singleton};
 pub use options::ServeOptions;
-pub use protocol::{DaemonInfo, Fingerprint, ProtocolError, RemoteError};
+pub use protocol::{
+    DaemonInfo, Fingerprint, Latency, MethodStats, ProtocolError, RemoteError, Stats,
+};
 pub use schema::Schema;
 pub use service::{Dispatch, Service};
 pub use single_instance::{

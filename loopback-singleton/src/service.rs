@@ -43,6 +43,10 @@ pub trait Service: Sized + 'static {
     const SERVICE_ID: &'static str;
     /// The schema fingerprint (see [`Fingerprint`]).
     const SCHEMA: Fingerprint;
+    /// The methods' names by wire index (what `stats` reports them as). Empty for a
+    /// service that does not say: its methods are reported by index.
+    #[doc(hidden)]
+    const METHODS: &'static [&'static str] = &[];
 
     /// Builds the one instance inside the daemon (the `#[init]` constructor, or
     /// `Default`). An `#[init]` returning `Result<Self, E>` fails with `E`'s message,

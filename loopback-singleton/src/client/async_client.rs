@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{self as client, Builder, Client, lock};
 use crate::error::Error;
-use crate::protocol::{self, DaemonInfo, FrameError};
+use crate::protocol::{self, DaemonInfo, FrameError, Stats};
 use crate::service::Service;
 
 /// The untyped async client underneath a generated `<Type>AsyncClient`: cheap to clone,
@@ -197,6 +197,25 @@ impl<S: 'static> AsyncClient<S> {
     /// Asks the daemon about itself: pid, uptime, calls served, connected clients.
     pub async fn ping(&self) -> Result<DaemonInfo, Error> {
         let (id, frame) = self.request(protocol::Kind::Ping, |_| Ok(()))?;
+        let reply = self.core.exchange(id, frame).await?;
+        client::decode_reply(&reply[client::reply_body(&reply, id)?..])
+    }
+
+    /// The daemon's per-method metrics (see [`Client::stats`]).
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        self.stats_request(false).await
+    }
+
+    /// The metrics, zeroed in the same step (see [`Client::take_stats`]).
+    pub async fn take_stats(&self) -> Result<Stats, Error> {
+        self.stats_request(true).await
+    }
+
+    async fn stats_request(&self, zero: bool) -> Result<Stats, Error> {
+        let (id, frame) = self.request(protocol::Kind::Stats, |buf| {
+            buf.extend(zero.then_some(1));
+            Ok(())
+        })?;
         let reply = self.core.exchange(id, frame).await?;
         client::decode_reply(&reply[client::reply_body(&reply, id)?..])
     }

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::protocol::{self, DaemonInfo, ProtocolError, RemoteError};
+use crate::protocol::{self, DaemonInfo, ProtocolError, RemoteError, Stats};
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::service::Service;
 use crate::spawn::Launch;
@@ -344,6 +344,21 @@ impl<S> Client<S> {
     /// ```
     pub fn ping(&self) -> Result<DaemonInfo, Error> {
         self.inner.request(protocol::Kind::Ping, |_| Ok(()))
+    }
+
+    /// The daemon's per-method metrics: calls, errors, panics, bytes, and latency
+    /// percentiles of the method and of the wait for the instance (see [`Stats`]).
+    pub fn stats(&self) -> Result<Stats, Error> {
+        self.inner.request(protocol::Kind::Stats, |_| Ok(()))
+    }
+
+    /// Like [`stats`](Self::stats), and zeroes the daemon's metrics in the same step:
+    /// the report covers up to the reset, the next one starts from it.
+    pub fn take_stats(&self) -> Result<Stats, Error> {
+        self.inner.request(protocol::Kind::Stats, |buf| {
+            buf.push(1);
+            Ok(())
+        })
     }
 
     /// Makes sure a daemon runs, starting a fresh one (with this client's init

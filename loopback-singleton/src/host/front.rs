@@ -123,7 +123,7 @@ impl Drop for ConnectionGuard {
 
 /// The daemon's side of the mutual handshake (see [`crate::protocol::handshake`]). Any failure closes
 /// the connection without a word: an unauthenticated peer learns nothing. `Ok(true)`
-/// for an admin connection (no schema: ping and shutdown only).
+/// for an admin connection (no schema: ping, stats and shutdown only).
 pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut T,
     shared: &Shared,

@@ -30,6 +30,7 @@ fn shared<S: Service>(max_frame: u32) -> Shared {
         starter: None,
         starter_arrived: AtomicBool::new(true),
         calls_served: AtomicU64::new(0),
+        metrics: std::sync::Mutex::new(metrics::Metrics::new()),
         shutting_down: AtomicBool::new(false),
         wake_front: Notify::new(),
     }

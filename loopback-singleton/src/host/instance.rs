@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -16,6 +17,7 @@ use tokio::sync::{Mutex, mpsc};
 use crate::protocol::{self, FrameError, RemoteError};
 use crate::service::{Dispatch, Service};
 
+use super::metrics::{self, Outcome, Sample};
 use super::*;
 /// The instance thread: builds the instance, reports, then serves connections until
 /// told to retire; drops the instance last (after any call in flight), so that a
@@ -83,7 +85,7 @@ impl Buffers {
 }
 
 /// Serves one authenticated connection; its guard counts it until this ends. An admin
-/// connection (no schema) gets ping and shutdown only.
+/// connection (no schema) gets ping, stats and shutdown only.
 pub(super) async fn serve_connection<S: Service>(
     stream: std::net::TcpStream,
     guard: ConnectionGuard,
@@ -118,6 +120,8 @@ pub(super) async fn connection_loop<S: Service>(
                 break Err(());
             }
         }
+        let read_at = Instant::now();
+        let bytes_in = input.len() + 4;
         let (id, kind, body) = match protocol::split_request(input) {
             Ok(header) => header,
             Err(error) => {
@@ -139,16 +143,33 @@ pub(super) async fn connection_loop<S: Service>(
             protocol::Kind::Call if admin => {
                 protocol::append_header(output, id, protocol::Status::Err);
                 let refusal = RemoteError::BadRequest {
-                    message: "an admin connection (no schema) may ping and shut down, not call"
+                    message: "an admin connection (no schema) may ping, ask for stats and shut down, not call"
                         .into(),
                 };
                 postcard::to_io(&refusal, &mut *output).expect("encoding into a Vec cannot fail");
             }
-            protocol::Kind::Call => run_call(instance, shared, id, body, output).await,
+            protocol::Kind::Call => {
+                let sample = run_call(instance, shared, id, body, output, read_at).await;
+                if let Some(mut sample) = sample {
+                    sample.bytes_in = bytes_in;
+                    sample.bytes_out = output.len() - start;
+                    metrics::lock(&shared.metrics).record(sample);
+                }
+            }
             protocol::Kind::Ping => {
                 protocol::append_header(output, id, protocol::Status::Ok);
                 let info = daemon_info(shared);
                 postcard::to_io(&info, &mut *output).expect("encoding into a Vec cannot fail");
+            }
+            protocol::Kind::Stats => {
+                protocol::append_header(output, id, protocol::Status::Ok);
+                let mut metrics = metrics::lock(&shared.metrics);
+                let stats = metrics.snapshot(S::METHODS);
+                if body.first() == Some(&1) {
+                    metrics.zero();
+                }
+                drop(metrics);
+                postcard::to_io(&stats, &mut *output).expect("encoding into a Vec cannot fail");
             }
             protocol::Kind::Shutdown => {
                 log("shutdown requested by a client");
@@ -178,21 +199,30 @@ pub(super) async fn connection_loop<S: Service>(
 }
 
 /// Runs one call on the instance and appends the reply (minus its length) to `output`:
-/// the method's encoded return value, or the reason it has none.
+/// the method's encoded return value, or the reason it has none. Returns what the
+/// metrics record of it (bytes left to the caller), unless the body names no method.
 pub(super) async fn run_call<S: Service>(
     instance: &Mutex<Option<S>>,
     shared: &Shared,
     id: u64,
     body: &[u8],
     output: &mut Vec<u8>,
-) {
+    read_at: Instant,
+) -> Option<Sample> {
     let status_at = protocol::append_header(output, id, protocol::Status::Ok);
+    // The request enum's variant index comes first (a varint), whatever follows.
+    let index = postcard::take_from_bytes::<u32>(body)
+        .ok()
+        .map(|(index, _)| index);
+    let (mut queue, mut handler) = (None, None);
     let fault = match postcard::from_bytes::<S::Request>(body) {
         Err(error) => Some(RemoteError::BadRequest {
             message: error.to_string(),
         }),
         Ok(request) => {
             let mut guard = instance.lock().await;
+            let locked_at = Instant::now();
+            queue = Some(locked_at - read_at);
             match guard.as_mut() {
                 None => Some(RemoteError::ShuttingDown),
                 Some(service) => {
@@ -205,6 +235,7 @@ pub(super) async fn run_call<S: Service>(
                         Ok(Dispatch::Pending(future)) => CatchUnwind(future).await,
                         Err(panic) => Err(panic),
                     };
+                    handler = Some(locked_at.elapsed());
                     match outcome {
                         Ok(Ok(())) => None,
                         Ok(Err(error)) => Some(RemoteError::BadReply {
@@ -218,11 +249,25 @@ pub(super) async fn run_call<S: Service>(
             }
         }
     };
+    let outcome = match &fault {
+        None => Outcome::Ok,
+        Some(RemoteError::Panic { .. }) => Outcome::Panic,
+        Some(RemoteError::ShuttingDown) => Outcome::Refused,
+        Some(_) => Outcome::Error,
+    };
     if let Some(fault) = fault {
         output.truncate(status_at + 1);
         output[status_at] = protocol::Status::Err.into();
         postcard::to_io(&fault, &mut *output).expect("encoding into a Vec cannot fail");
     }
+    Some(Sample {
+        index: index?,
+        outcome,
+        bytes_in: 0,
+        bytes_out: 0,
+        queue,
+        handler,
+    })
 }
 
 pub(super) fn daemon_info(shared: &Shared) -> protocol::DaemonInfo {

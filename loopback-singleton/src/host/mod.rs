@@ -13,7 +13,8 @@
 //! Files: [`hook`] (the pre-main hook that turns a re-executed process into a daemon),
 //! this module (`serve`, start-up: instance lock, bind, construct, publish), [`front`]
 //! (accept, handshake, limits, idle TTL, signals), [`instance`] (the instance thread:
-//! connections, calls, panics), [`background`] (an in-process host), [`log`].
+//! connections, calls, panics), [`metrics`] (per-method counts and latencies),
+//! [`background`] (an in-process host), [`log`].
 
 mod background;
 mod front;
@@ -22,6 +23,7 @@ pub(crate) mod fuzz;
 mod hook;
 mod instance;
 mod log;
+mod metrics;
 
 pub(crate) use background::{Background, start_background};
 pub use hook::daemon_hook;
@@ -103,6 +105,8 @@ struct Shared {
     /// went before it, and a host whose starter died still retires.
     starter_arrived: AtomicBool,
     calls_served: AtomicU64,
+    /// Per-method metrics, recorded and read on the instance thread.
+    metrics: std::sync::Mutex<metrics::Metrics>,
     shutting_down: AtomicBool,
     /// Wakes the front thread: a connection closed, or shutdown was asked for.
     wake_front: Notify,
@@ -235,6 +239,7 @@ fn start<S: Service>(
         starter: launch.starter,
         starter_arrived: AtomicBool::new(false),
         calls_served: AtomicU64::new(0),
+        metrics: std::sync::Mutex::new(metrics::Metrics::new()),
         shutting_down: AtomicBool::new(false),
         wake_front: Notify::new(),
     });

@@ -29,7 +29,7 @@ pub(crate) struct Auth {
     pub proof: Proof,
     /// The client's service fingerprint; `None` for an admin connection (the
     /// `loopback-singleton` CLI), which knows no service: the daemon admits it for
-    /// ping and shutdown and refuses its calls.
+    /// ping, stats and shutdown and refuses its calls.
     pub schema: Option<Fingerprint>,
     /// `None` attaches to whatever instance runs, whatever its init arguments.
     pub init: Option<Fingerprint>,

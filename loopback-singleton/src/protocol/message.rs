@@ -17,6 +17,9 @@ pub(crate) enum Kind {
     Ping = 1,
     /// Retire the daemon.
     Shutdown = 2,
+    /// Report [`Stats`](super::Stats); a body of one byte `1` also zeroes them (the
+    /// report is of what came before). Empty body: report only.
+    Stats = 3,
 }
 
 /// How a reply answers.
@@ -31,7 +34,7 @@ pub(crate) enum Status {
 
 impl Kind {
     fn from_u8(byte: u8) -> Option<Self> {
-        [Kind::Call, Kind::Ping, Kind::Shutdown]
+        [Kind::Call, Kind::Ping, Kind::Shutdown, Kind::Stats]
             .into_iter()
             .find(|kind| *kind as u8 == byte)
     }
@@ -130,5 +133,6 @@ mod tests {
         assert_eq!((id, status, body), (300, Status::Err, &b"body"[..]));
         let request = [5, 9];
         assert!(split_request(&request).is_err(), "kind 9 does not exist");
+        assert_eq!(split_request(&[5, 3]).unwrap().1, Kind::Stats);
     }
 }

@@ -23,6 +23,7 @@ pub(crate) mod handshake;
 mod init;
 pub(crate) mod message;
 pub(crate) mod schema;
+mod stats;
 
 pub use error::{ProtocolError, RemoteError};
 pub(crate) use frame::{
@@ -32,6 +33,7 @@ pub(crate) use frame::{
 pub(crate) use init::{describe, init_fingerprint};
 pub use message::DaemonInfo;
 pub(crate) use message::{Kind, Status, append_header, split_reply, split_request};
+pub use stats::{Latency, MethodStats, Stats};
 
 /// A compile-time hash of a service's name, its method signatures as written, and the
 /// structure of every type that crosses the wire (`loopback_singleton::Schema`).
@@ -47,7 +49,8 @@ pub(crate) const MAGIC: [u8; 8] = *b"LBSNGLTN";
 /// init fingerprint ignores map order, the handshake carries the starter token, and
 /// hosts hold the instance lock (a host of version 1 would not keep a successor waiting
 /// while it drops its instance). 3: `Auth`'s schema is optional (an admin connection,
-/// ping and shutdown only).
+/// ping and shutdown only). Kind 3 (stats) was added without a bump: an older daemon
+/// closes the connection on it, which the asker reports; nothing else changed.
 pub(crate) const PROTOCOL_VERSION: u16 = 3;
 /// Default frame size limit: 64 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: u32 = 64 << 20;
