@@ -66,12 +66,6 @@ pub struct Published {
     pub alive: bool,
 }
 
-/// Whether the process `metadata` names runs: the same process (pid and start time),
-/// and not a zombie waiting for its parent.
-fn runs(metadata: &Metadata) -> bool {
-    runtime_dir::daemon_alive(metadata) && !sys::process_exited(metadata.pid)
-}
-
 /// How [`Daemon::stop`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -115,7 +109,7 @@ impl Daemon {
     /// The published metadata, if any.
     pub fn published(&self) -> Result<Option<Published>, Error> {
         Ok(self.dir.read_metadata()?.map(|metadata| Published {
-            alive: runs(&metadata),
+            alive: runtime_dir::daemon_alive(&metadata),
             pid: metadata.pid,
             port: metadata.port,
             instance: metadata.instance,
@@ -152,14 +146,14 @@ impl Daemon {
     /// `timeout`; past it, or at once with `force`, SIGKILL and removal of its metadata
     /// and secret.
     pub fn stop(&self, timeout: Duration, force: bool) -> Result<Stopped, Error> {
-        let Some(metadata) = self.dir.live_daemon()?.filter(runs) else {
+        let Some(metadata) = self.dir.live_daemon()? else {
             self.remove_files_of(None)?;
             return Ok(Stopped::NotRunning);
         };
         let deadline = Instant::now() + timeout;
         if !force && self.exchange(&metadata, Kind::Shutdown, timeout).is_ok() {
             while Instant::now() < deadline {
-                if !runs(&metadata) {
+                if !runtime_dir::daemon_alive(&metadata) {
                     self.remove_files_of(Some(metadata.instance))?;
                     return Ok(Stopped::Gracefully);
                 }
@@ -167,11 +161,11 @@ impl Daemon {
             }
         }
         // Only the process the metadata names (pid and start time), never a recycled pid.
-        if runs(&metadata) {
+        if runtime_dir::daemon_alive(&metadata) {
             sys::kill(metadata.pid)
                 .map_err(|error| Error::io(format!("killing pid {}", metadata.pid), error))?;
             let gone_by = Instant::now() + Duration::from_secs(5);
-            while runs(&metadata) {
+            while runtime_dir::daemon_alive(&metadata) {
                 if Instant::now() >= gone_by {
                     return Err(Error::io(
                         format!("waiting for pid {} to exit after SIGKILL", metadata.pid),
@@ -191,7 +185,7 @@ impl Daemon {
         let stale = match self.dir.read_metadata() {
             Ok(Some(metadata)) => match instance {
                 Some(instance) => metadata.instance == instance,
-                None => !runs(&metadata),
+                None => !runtime_dir::daemon_alive(&metadata),
             },
             Ok(None) => instance.is_none(),
             Err(error @ Error::RuntimeDir { .. }) => return Err(error),

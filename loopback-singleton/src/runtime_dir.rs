@@ -596,11 +596,10 @@ fn check_links_in(base: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether the process that wrote `metadata` still runs (pid and start time match, and it
-/// is not a zombie or an exited process whose handle someone still holds).
+/// Whether the process that wrote `metadata` still runs: pid and start time match (a
+/// zombie, or an exited process whose handle someone still holds, has no start time).
 pub(crate) fn daemon_alive(metadata: &Metadata) -> bool {
     sys::process_start_time(metadata.pid) == Some(metadata.start_time)
-        && !sys::process_exited(metadata.pid)
 }
 
 #[cfg(test)]

@@ -146,9 +146,12 @@ fn process_facts(_pid: u32) -> Option<(bool, u64)> {
     Some((false, 0))
 }
 
-/// The creation time of a live process, or `None` if no such process exists.
+/// The creation time of a live process, or `None` if no such process exists or it has
+/// exited (an exited process whose handle someone still holds is not live).
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
-    process_facts(pid).map(|(_, start)| start)
+    process_facts(pid)
+        .filter(|&(exited, _)| !exited)
+        .map(|(_, start)| start)
 }
 
 /// Whether a process has exited (or does not exist).

@@ -209,9 +209,12 @@ fn process_facts(pid: u32) -> Option<(bool, u64)> {
     alive.then_some((false, 0))
 }
 
-/// The start time of a live process, or `None` if no such process exists.
+/// The start time of a live process, or `None` if no such process exists or it has
+/// exited (a zombie waiting for its parent is not live).
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
-    process_facts(pid).map(|(_, start_time)| start_time)
+    process_facts(pid)
+        .filter(|&(zombie, _)| !zombie)
+        .map(|(_, start_time)| start_time)
 }
 
 /// Whether a process has exited: gone, or a zombie waiting for its parent to reap it.
