@@ -7,13 +7,17 @@
 //! here (it names the suite's own helper binary), so `Env` below is its small
 //! equivalent: an isolated runtime base, and every daemon under it killed on drop.
 
-use std::path::{Path, PathBuf};
+#[path = "../../tests/common/process.rs"]
+mod process;
+
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use loopback_singleton::Builder;
 use loopback_singleton_suite::{Counter, CounterClient};
+use process::{kill, process_state, recorded_pid, wait_gone};
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopback-singleton");
 
@@ -93,41 +97,9 @@ impl Drop for Env {
     }
 }
 
-fn recorded_pid(metadata: &Path) -> Option<u32> {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(metadata).ok()?).ok()?;
-    json["pid"].as_u64()?.try_into().ok()
-}
-
 fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, signal) };
-}
-
-fn kill(pid: u32) {
-    signal(pid, libc::SIGKILL);
-    wait_gone(pid, Duration::from_secs(10));
-}
-
-/// The state letter of `/proc/<pid>/stat`, `None` if there is no such process.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
-fn alive(pid: u32) -> bool {
-    process_state(pid).is_some_and(|state| state != 'Z')
-}
-
-fn wait_gone(pid: u32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
 }
 
 fn json(output: &Output) -> serde_json::Value {

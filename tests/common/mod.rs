@@ -3,12 +3,15 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod process;
 pub mod raw;
+
+pub use process::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loopback_singleton::Builder;
 use loopback_singleton::Service;
@@ -89,19 +92,6 @@ impl Drop for TestEnv {
     }
 }
 
-fn recorded_pid(metadata: &Path) -> Option<u32> {
-    json_field(&std::fs::read_to_string(metadata).ok()?, "pid")?
-        .parse()
-        .ok()
-}
-
-/// The value of `"key": value` in the daemon's metadata JSON, as written.
-pub fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let pattern = format!("\"{key}\":");
-    let at = json.find(&pattern)? + pattern.len();
-    json[at..].split([',', '\n', '}']).next().map(str::trim)
-}
-
 /// Writes `bytes` to `path` as the runtime writes its files: created 0600, so that the
 /// runtime takes it for a file of ours (corrupt, perhaps, but not planted).
 pub fn write_private(path: &Path, bytes: &[u8]) {
@@ -115,39 +105,6 @@ pub fn write_private(path: &Path, bytes: &[u8]) {
         .open(path)
         .and_then(|mut file| file.write_all(bytes))
         .unwrap();
-}
-
-/// SIGKILLs `pid` and waits until it is gone.
-pub fn kill(pid: u32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
-    }
-    wait_gone(pid, Duration::from_secs(10));
-}
-
-/// Whether a process with this pid exists (and is not a zombie).
-pub fn alive(pid: u32) -> bool {
-    process_state(pid).is_some_and(|state| state != 'Z')
-}
-
-/// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T` stopped, `Z` zombie, ...), or
-/// `None` if there is no such process.
-pub fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
-/// Waits until `pid` is gone; returns whether it went within `limit`.
-pub fn wait_gone(pid: u32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
 }
 
 /// `Command::output()` with a bound: a process that does not finish in time is killed
