@@ -252,6 +252,8 @@ impl Listeners {
     /// Registers the sockets with tokio (from within a runtime).
     pub(crate) fn new(tcp: std::net::TcpListener, unix: Option<UnixListener>) -> io::Result<Self> {
         tcp.set_nonblocking(true)?;
+        #[cfg(not(unix))]
+        let _ = unix;
         Ok(Listeners {
             tcp: tokio::net::TcpListener::from_std(tcp)?,
             #[cfg(unix)]
