@@ -84,8 +84,6 @@ impl Drop for Reaper {
     }
 }
 
-/// Whether this process runs as root.
-
 /// The port recorded in a runtime directory's metadata.
 fn recorded_port(dir: &Path) -> u16 {
     let metadata = std::fs::read_to_string(dir.join("metadata.json")).unwrap();
