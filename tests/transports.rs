@@ -292,7 +292,7 @@ fn a_runtime_dir_path_longer_than_a_socket_address_works() {
         .connect(0);
     if cfg!(any(target_os = "linux", target_os = "android")) {
         // Bound and reached through the directory's handle.
-        let counter: CounterClient = result.unwrap().into();
+        let counter: CounterClient = result.unwrap();
         assert_eq!(counter.ping().unwrap().transport, Transport::Unix);
         assert!(
             std::fs::symlink_metadata(&socket)
