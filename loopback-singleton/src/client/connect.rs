@@ -295,7 +295,10 @@ impl Inner {
                 ),
                 source,
             );
-            if matches!(kind, ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
+            // Refused: nobody listens any more (the daemon is exiting). A missing file
+            // under a live daemon is not stale state to clean up (the daemon may be
+            // retiring, which removes it, or someone deleted it): wait and look again.
+            if kind == ErrorKind::ConnectionRefused {
                 DialError::Stale(error)
             } else {
                 DialError::Busy(error)
