@@ -432,10 +432,14 @@ impl RuntimeDir {
             .map_err(|error| format!("cannot listen on {}: {error}", path.display())))
     }
 
-    /// Connects to the Unix socket `socket` of this directory (see
+    /// Connects to the Unix socket `socket` of this directory within `timeout` (see
     /// `sys::connect_unix_at` for how a path too long for a socket address is handled).
-    pub(crate) fn connect_socket(&self, socket: &str) -> io::Result<sys::Stream> {
-        sys::connect_unix_at(&self.handle, &self.path, socket)
+    pub(crate) fn connect_socket(
+        &self,
+        socket: &str,
+        timeout: Duration,
+    ) -> io::Result<sys::Stream> {
+        sys::connect_unix_at(&self.handle, &self.path, socket, timeout)
     }
 
     /// Unpublishes the daemon `instance`: removes metadata and secret if the metadata
