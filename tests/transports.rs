@@ -471,3 +471,41 @@ fn newest_test_executable(deps: &Path, suite: &str) -> Option<PathBuf> {
         .max_by_key(|entry| entry.metadata().and_then(|m| m.modified()).ok())
         .map(|entry| entry.path())
 }
+
+/// The raw Auth frame's verdict for a client asking for `transport` over TCP: the
+/// postcard bytes `Verdict` starts with (variant indices).
+fn verdict_over_tcp(env: &TestEnv, transport: Transport) -> Vec<u8> {
+    let (port, secret) = raw::port_and_secret(&env.dir());
+    let mut stream = raw::connect(port);
+    let nonce = [9u8; 32];
+    let challenge = raw::hello(&mut stream, nonce);
+    let auth = raw::Auth {
+        proof: raw::proof(&secret, false, &nonce, &challenge.nonce),
+        schema: None,
+        init: None,
+        starter: None,
+        transport,
+    };
+    raw::send(&mut stream, &auth).unwrap();
+    raw::receive(&mut stream).unwrap()
+}
+
+#[test]
+fn a_transport_the_connection_cannot_have_is_rejected_with_a_reason() {
+    let env = TestEnv::new("tr-mismatch");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_eq!(
+        verdict_over_tcp(&env, Transport::Tcp)[0],
+        0,
+        "Welcome for a TCP client on the TCP socket"
+    );
+    for asked in [Transport::Unix, Transport::SharedMemory] {
+        let verdict = verdict_over_tcp(&env, asked);
+        // Verdict::Rejected (1), Rejection::Transport (3), then the reason.
+        assert_eq!(verdict[..2], [1, 3], "{asked} over TCP: {verdict:?}");
+        let reason = String::from_utf8_lossy(&verdict[3..]);
+        assert!(reason.contains(asked.name()), "{reason}");
+    }
+    assert_eq!(counter.inc().unwrap(), 1, "the daemon serves on");
+    counter.client().shutdown().unwrap();
+}
