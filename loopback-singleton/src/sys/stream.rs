@@ -350,7 +350,7 @@ pub(crate) fn is_socket_at(dir: &DirHandle, name: &str) -> io::Result<bool> {
 fn no_unix_sockets() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
-        "Unix-domain sockets are not supported on this platform; use the tcp transport",
+        "this platform has no Unix-domain sockets",
     )
 }
 
