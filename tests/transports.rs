@@ -407,20 +407,29 @@ fn a_peer_of_another_uid_on_the_unix_socket_is_refused_before_the_handshake() {
     counter.client().shutdown().unwrap();
 }
 
-/// The core integration suites (lifecycle, races, pipelines, the async client), rerun
-/// with `LOOPBACK_SINGLETON_TRANSPORT` set to each transport but TCP (which their own
-/// run covers): every client they make, in process or not, then uses it. Runs the
-/// suites' test executables that cargo built beside this one.
+/// The core integration suites (lifecycle, races, pipelines, the async client,
+/// single-instance applications), rerun with `LOOPBACK_SINGLETON_TRANSPORT` set to each
+/// transport but TCP (which their own run covers): every client they make, in process
+/// or not, then uses it. Runs the suites' test executables that cargo built beside this
+/// one, each with its test-name filters (none: all of it). `faults` is TCP-minded (a
+/// recorded port taken by another server), so only its race runs here.
 #[test]
 fn the_core_suites_pass_on_every_transport() {
-    const SUITES: [&str; 4] = ["lifecycle", "pipeline", "async_client", "single_instance"];
+    const SUITES: [(&str, &[&str]); 6] = [
+        ("lifecycle", &[]),
+        ("pipeline", &[]),
+        ("async_client", &[]),
+        ("single_instance", &[]),
+        ("processes", &[]),
+        ("faults", &["racing"]),
+    ];
     let deps = std::env::current_exe()
         .unwrap()
         .parent()
         .unwrap()
         .to_path_buf();
     for transport in [Transport::Unix] {
-        for suite in SUITES {
+        for (suite, filters) in SUITES {
             let Some(executable) = newest_test_executable(&deps, suite) else {
                 eprintln!(
                     "skipping the {suite} suite on {transport}: its test executable is not \
@@ -432,7 +441,8 @@ fn the_core_suites_pass_on_every_transport() {
             let mut command = Command::new(&executable);
             command
                 .env("LOOPBACK_SINGLETON_TRANSPORT", transport.name())
-                .arg("--test-threads=2");
+                .arg("--test-threads=2")
+                .args(filters);
             let output = output_within(command, Duration::from_secs(300));
             let stdout = String::from_utf8_lossy(&output.stdout);
             assert!(
