@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestEnv, chmod, field, is_root, kill, output_within, raw, wait_gone};
 use loopback_singleton::{Error, Transport};
-use loopback_singleton_suite::{Counter, CounterClient};
+use loopback_singleton_suite::{Counter, CounterClient, Fragile, FragileClient};
 
 /// The transports every platform of these tests (Unix) has, and what the daemon says
 /// each connection uses.
@@ -205,6 +205,23 @@ fn the_daemon_listens_on_a_private_socket_and_removes_it_when_it_retires() {
     assert!(
         std::fs::symlink_metadata(&socket).is_err(),
         "a daemon that retires removes its socket"
+    );
+}
+
+#[test]
+fn a_daemon_that_fails_to_start_leaves_no_socket_file() {
+    let env = TestEnv::new("tr-failed");
+    let result: Result<FragileClient, Error> = env
+        .builder::<Fragile>()
+        .transport(Transport::Unix)
+        .connect("panic".to_string());
+    assert!(
+        matches!(result, Err(Error::StartFailed { .. })),
+        "{result:?}"
+    );
+    assert!(
+        std::fs::symlink_metadata(env.dir().join("daemon.sock")).is_err(),
+        "the failed daemon removed the socket it had bound"
     );
 }
 
