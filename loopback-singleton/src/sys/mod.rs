@@ -19,6 +19,9 @@ mod other;
 #[cfg(not(unix))]
 pub(crate) use other::*;
 
+mod stream;
+pub(crate) use stream::*;
+
 /// What `fstat` says about a file, as far as trust is concerned.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stat {
