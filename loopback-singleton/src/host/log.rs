@@ -129,14 +129,7 @@ pub(super) fn open(dir: &RuntimeDir) -> Dispatch {
             DEFAULT_LOG_MAX
         }),
     };
-    let writer = LogFile {
-        dir: dir.clone(),
-        cap,
-        current: Mutex::new(Current {
-            file: None,
-            size: 0,
-        }),
-    };
+    let writer = LogFile::open(dir.clone(), cap);
     let log = Dispatch::new(
         tracing_subscriber::fmt()
             .with_writer(writer)
@@ -162,9 +155,9 @@ pub(super) fn install_daemon(log: Dispatch) {
         let message = panic_message(info.payload());
         let backtrace = std::backtrace::Backtrace::capture();
         if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
-            tracing::error!(thread, location, %backtrace, "panicked: {message}");
+            tracing::error!(thread = %thread, %location, %backtrace, "panicked: {message}");
         } else {
-            tracing::error!(thread, location, "panicked: {message}");
+            tracing::error!(thread = %thread, %location, "panicked: {message}");
         }
     }));
     sys::daemon_stdio(|pipe| {
@@ -241,6 +234,16 @@ struct Current {
 }
 
 impl LogFile {
+    /// Opens it now, so that it exists (for `loopback-singleton logs`) even before the
+    /// first event that passes the filter.
+    fn open(dir: RuntimeDir, cap: u64) -> Self {
+        LogFile {
+            current: Mutex::new(Current::open(&dir)),
+            dir,
+            cap,
+        }
+    }
+
     fn append(&self, bytes: &[u8]) {
         let mut current = self
             .current
@@ -248,7 +251,7 @@ impl LogFile {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let len = bytes.len() as u64;
         if current.file.is_none() {
-            self.reopen(&mut current);
+            *current = Current::open(&self.dir);
         }
         if current.size > 0 && current.size + len > self.cap {
             current.file = None;
@@ -257,7 +260,7 @@ impl LogFile {
                     let _ = file.set_len(0);
                 }
             }
-            self.reopen(&mut current);
+            *current = Current::open(&self.dir);
         }
         if let Some(file) = current.file.as_mut() {
             if file.write_all(bytes).is_ok() {
@@ -265,14 +268,17 @@ impl LogFile {
             }
         }
     }
+}
 
-    fn reopen(&self, current: &mut Current) {
-        current.file = self.dir.open_log().ok();
-        current.size = current
-            .file
+impl Current {
+    /// `daemon.log` as it is now (none if it cannot be opened: the next write retries).
+    fn open(dir: &RuntimeDir) -> Self {
+        let file = dir.open_log().ok();
+        let size = file
             .as_ref()
             .and_then(|file| file.metadata().ok())
             .map_or(0, |meta| meta.len());
+        Current { file, size }
     }
 }
 
