@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{TestEnv, field};
 use loopback_singleton::{Error, RemoteError};
-use loopback_singleton_suite::{Counter, CounterClient};
+use loopback_singleton_suite::{Counter, CounterClient, Fragile, FragileClient};
 
 /// Runs `suite-client ARGS` with `vars` set (the daemon it starts inherits them);
 /// returns the daemon's pid after shutting it down, so that the log is complete.
@@ -201,4 +201,29 @@ fn an_in_process_host_logs_to_its_file_not_to_the_applications_stderr() {
         log.contains("serving `") && log.contains("retiring"),
         "{log}"
     );
+}
+
+#[test]
+fn what_a_spawned_daemon_prints_becomes_events_of_its_log() {
+    let env = TestEnv::new("logstdio");
+    let fragile: FragileClient = env.builder::<Fragile>().connect("ok".into()).unwrap();
+    fragile.print("a careless line").unwrap();
+    // The lines travel through a pipe and a thread of the daemon: wait for them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    while std::time::Instant::now() < deadline {
+        log = read_log(&env, "daemon.log");
+        if log.matches("a careless line").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fragile.shutdown().unwrap();
+    for stream in ["out", "err"] {
+        assert!(
+            log.lines().any(|line| line.contains(" WARN stdio: ")
+                && line.ends_with(&format!("{stream}: a careless line"))),
+            "{log}"
+        );
+    }
 }
