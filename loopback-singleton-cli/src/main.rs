@@ -598,6 +598,8 @@ fn logs(base: &Path, name: &str, follow: bool) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     let mut buf = Vec::new();
     let mut position = 0u64;
+    // The file that replaced `file` at `path`, once the end of `file` is read.
+    let mut next: Option<std::fs::File> = None;
     loop {
         buf.clear();
         file.read_to_end(&mut buf)
@@ -613,13 +615,18 @@ fn logs(base: &Path, name: &str, follow: bool) -> Result<(), Failure> {
         if !follow {
             return Ok(());
         }
+        if let Some(new) = next.take() {
+            file = new;
+            position = 0;
+            continue;
+        }
         std::thread::sleep(Duration::from_millis(200));
-        // Rotated (the daemon renamed it to `daemon.log.1`, whose end was just read):
-        // the new file from its start.
+        // Rotated (the daemon renamed it to `daemon.log.1`): what it wrote there since
+        // the last read first, then the new file from its start. (A file rotated out
+        // and over within one pause is missed.)
         if rotated(&file, &path, position) {
             if let Ok(new) = std::fs::File::open(&path) {
-                file = new;
-                position = 0;
+                next = Some(new);
                 continue;
             }
         }
