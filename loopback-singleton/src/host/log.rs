@@ -35,10 +35,10 @@ use crate::sys;
 /// parsed as a [`Targets`]. Span and field directives need a regex engine, which would
 /// add about 0.65 MB to every binary that links this crate (measured on the counter
 /// example, stripped, release).
-pub(crate) const LOG_ENV: &str = "LOOPBACK_SINGLETON_LOG";
+const LOG_ENV: &str = "LOOPBACK_SINGLETON_LOG";
 /// The size at which `daemon.log` is rotated to `daemon.log.1` (bytes, or with a unit:
 /// `512KiB`, `4MiB`).
-pub(crate) const LOG_MAX_ENV: &str = "LOOPBACK_SINGLETON_LOG_MAX";
+const LOG_MAX_ENV: &str = "LOOPBACK_SINGLETON_LOG_MAX";
 /// The default of [`LOG_MAX_ENV`]: two files of at most this size, 8 MiB in all.
 const DEFAULT_LOG_MAX: u64 = 4 << 20;
 
@@ -117,9 +117,9 @@ pub(super) fn set(log: Option<Dispatch>) {
 pub(super) fn open(dir: &RuntimeDir) -> Dispatch {
     let mut warnings = Vec::new();
     let info = Targets::new().with_default(LevelFilter::INFO);
-    let filter = match std::env::var(LOG_ENV) {
-        Err(_) => info,
-        Ok(value) => value.parse::<Targets>().unwrap_or_else(|error| {
+    let filter = match setting(LOG_ENV) {
+        None => info,
+        Some(value) => value.parse::<Targets>().unwrap_or_else(|error| {
             warnings.push(format!(
                 "{LOG_ENV}={value:?} is not a filter ({error}; use e.g. warn, debug or \
                  info,my_crate=debug); logging at info"
@@ -127,9 +127,9 @@ pub(super) fn open(dir: &RuntimeDir) -> Dispatch {
             info
         }),
     };
-    let cap = match std::env::var(LOG_MAX_ENV) {
-        Err(_) => DEFAULT_LOG_MAX,
-        Ok(value) => parse_size(&value).unwrap_or_else(|| {
+    let cap = match setting(LOG_MAX_ENV) {
+        None => DEFAULT_LOG_MAX,
+        Some(value) => parse_size(&value).unwrap_or_else(|| {
             warnings.push(format!(
                 "{LOG_MAX_ENV}={value:?} is not a size (use e.g. 4MiB, 512KiB or bytes); \
                  using {DEFAULT_LOG_MAX} bytes"
@@ -143,6 +143,14 @@ pub(super) fn open(dir: &RuntimeDir) -> Dispatch {
         tracing::dispatcher::with_default(&log, || tracing::warn!("{warning}"));
     }
     log
+}
+
+/// The value of the environment variable `name`, unless it is unset or empty (an empty
+/// filter would turn the log off).
+fn setting(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
 }
 
 /// One line per event to `writer`, those `filter` lets through. The filter is the
