@@ -465,7 +465,7 @@ fn sigterm_retires_the_daemon_gracefully() {
         "it unpublished itself on the way out"
     );
     let log = std::fs::read_to_string(env.dir().join("daemon.log")).unwrap();
-    assert!(log.contains("retiring: SIGTERM"), "{log}");
+    assert!(log.contains("retiring reason=SIGTERM"), "{log}");
 }
 
 #[test]

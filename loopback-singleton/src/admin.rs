@@ -61,6 +61,9 @@ pub struct Published {
     pub protocol: u16,
     /// The crate version it was built with.
     pub crate_version: String,
+    /// The idle TTL it runs with (its options, else `LOOPBACK_SINGLETON_IDLE_TTL`);
+    /// `None`: it never retires for want of clients.
+    pub idle_ttl: Option<Duration>,
     /// Whether the process the metadata names still runs (pid and start time match, and
     /// it is not a zombie).
     pub alive: bool,
@@ -117,6 +120,7 @@ impl Daemon {
             schema: metadata.schema,
             protocol: metadata.protocol,
             crate_version: metadata.crate_version,
+            idle_ttl: metadata.idle_ttl_ms.map(Duration::from_millis),
         }))
     }
 

@@ -43,6 +43,8 @@ const INSTANCE_LOCK: &str = "instance.lock";
 const LOG: &str = "daemon.log";
 /// The daemon's Unix socket (where the platform has them).
 pub(crate) const SOCKET: &str = "daemon.sock";
+/// The log before the last rotation (see `rotate_log`).
+const OLD_LOG: &str = "daemon.log.1";
 
 /// What a running daemon publishes about itself. Written atomically, 0600.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +65,10 @@ pub(crate) struct Metadata {
     /// the metadata of daemons that predate the Unix transport).
     #[serde(default)]
     pub socket: Option<String>,
+    /// The idle TTL the daemon runs with, in milliseconds (options, else
+    /// `LOOPBACK_SINGLETON_IDLE_TTL`); `None`: it never retires for want of clients.
+    #[serde(default)]
+    pub idle_ttl_ms: Option<u64>,
 }
 
 /// A validated, open runtime directory for one singleton name. Cheap to clone: clones
@@ -358,6 +364,12 @@ impl RuntimeDir {
     /// Opens (appending, creating 0600) the daemon's log file.
     pub(crate) fn open_log(&self) -> io::Result<File> {
         self.open_file(LOG, Access::Append)
+    }
+
+    /// Renames the daemon's log to `daemon.log.1` (replacing an older one): the next
+    /// [`open_log`](Self::open_log) starts an empty file.
+    pub(crate) fn rotate_log(&self) -> io::Result<()> {
+        sys::rename_at(&self.handle, LOG, OLD_LOG)
     }
 
     /// Removes the files of a daemon that is gone. The lock files stay: deleting a lock

@@ -43,17 +43,17 @@ pub(super) async fn front(
                     // this user gets as far as the handshake.
                     match stream.peer_uid() {
                         Ok(Some(uid)) if uid != sys::euid() => {
-                            log_peer(&format!("connection refused: a Unix-socket peer of uid {uid}, not ours"));
+                            log::emit_peer(|| tracing::warn!(uid, "connection refused: a Unix-socket peer of another user"));
                             continue;
                         }
                         Err(error) => {
-                            log_peer(&format!("connection refused: no peer credentials ({error})"));
+                            log::emit_peer(|| tracing::warn!(%error, "connection refused: no peer credentials"));
                             continue;
                         }
                         Ok(_) => {}
                     }
                     if shared.connections.load(Ordering::Acquire) >= shared.options.max_connections {
-                        log_peer("connection refused: max_connections reached");
+                        log::emit_peer(|| tracing::warn!("connection refused: max_connections reached"));
                         continue;
                     }
                     shared.handshaking.fetch_add(1, Ordering::AcqRel);
@@ -61,7 +61,7 @@ pub(super) async fn front(
                 }
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
-                    log_peer(&format!("accept failed: {error}"));
+                    log::emit_peer(|| tracing::warn!(%error, "accept failed"));
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
@@ -167,7 +167,7 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(drop)?;
     let auth: protocol::handshake::Auth = protocol::decode("auth", &buf).map_err(drop)?;
     if !half.admits(secret, &auth) {
-        log_peer("handshake refused: bad client proof");
+        log::emit_peer(|| tracing::warn!("handshake refused: bad client proof"));
         return Err(());
     }
     let verdict = if shared.shutting_down.load(Ordering::Acquire) {

@@ -9,7 +9,6 @@ use tokio::sync::{Mutex, Notify};
 
 use super::front;
 use super::instance::connection_loop;
-use super::log::QUIET;
 use super::*;
 
 fn shared<S: Service>(max_frame: u32) -> Shared {
@@ -43,7 +42,6 @@ fn block_on<F: Future>(future: F) -> F::Output {
             .build()
             .expect("a tokio runtime");
     }
-    QUIET.set(true);
     RUNTIME.with(|runtime| runtime.block_on(future))
 }
 

@@ -123,7 +123,7 @@ pub(super) async fn connection_loop<S: Service>(
             Ok(()) => {}
             Err(FrameError::Io(_)) => break Ok(()),
             Err(FrameError::Protocol(error)) => {
-                log(&format!("closing a connection: {error}"));
+                log::emit(|| tracing::warn!(%error, "closing a connection"));
                 break Err(());
             }
         }
@@ -132,7 +132,7 @@ pub(super) async fn connection_loop<S: Service>(
         let (id, kind, body) = match protocol::split_request(input) {
             Ok(header) => header,
             Err(error) => {
-                log(&format!("closing a connection: {error}"));
+                log::emit(|| tracing::warn!(%error, "closing a connection"));
                 break Err(());
             }
         };
@@ -179,7 +179,7 @@ pub(super) async fn connection_loop<S: Service>(
                 postcard::to_io(&stats, &mut *output).expect("encoding into a Vec cannot fail");
             }
             protocol::Kind::Shutdown => {
-                log("shutdown requested by a client");
+                log::emit(|| tracing::info!("shutdown requested by a client"));
                 shared.shutting_down.store(true, Ordering::Release);
                 shared.wake_front.notify_one();
                 protocol::append_header(output, id, protocol::Status::Ok);
@@ -248,9 +248,17 @@ pub(super) async fn run_call<S: Service>(
                         Ok(Err(error)) => Some(RemoteError::BadReply {
                             message: error.to_string(),
                         }),
-                        Err(panic) => Some(RemoteError::Panic {
-                            message: panic_message(&*panic),
-                        }),
+                        Err(panic) => {
+                            let message = panic_message(&*panic);
+                            let method = method_name::<S>(index);
+                            log::emit(|| {
+                                tracing::error!(
+                                    method = %method.unwrap_or("?"),
+                                    "a call panicked: {message}"
+                                )
+                            });
+                            Some(RemoteError::Panic { message })
+                        }
                     }
                 }
             }
@@ -262,6 +270,7 @@ pub(super) async fn run_call<S: Service>(
         Some(RemoteError::ShuttingDown) => Outcome::Refused,
         Some(_) => Outcome::Error,
     };
+    log::call(method_name::<S>(index), &outcome, queue, handler);
     if let Some(fault) = fault {
         output.truncate(status_at + 1);
         output[status_at] = protocol::Status::Err.into();
@@ -275,6 +284,11 @@ pub(super) async fn run_call<S: Service>(
         queue,
         handler,
     })
+}
+
+/// The name of the method a request's variant index names, if it names one.
+fn method_name<S: Service>(index: Option<u32>) -> Option<&'static str> {
+    S::METHODS.get(usize::try_from(index?).ok()?).copied()
 }
 
 /// What a ping on a connection of `transport` answers.

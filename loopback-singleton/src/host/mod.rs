@@ -45,7 +45,6 @@ use crate::sys;
 
 use self::front::{ConnectionGuard, front};
 use self::instance::instance_thread;
-use self::log::{QUIET, log, log_peer};
 use crate::service::panic_message;
 
 /// [`Service::serve`]: hosts `S` in this process until it retires.
@@ -67,13 +66,17 @@ pub fn serve<S: Service>(init: S::Init, options: ServeOptions) -> Result<(), Err
         starter: None,
         ..Launch::new(name, base, options, &init)?
     };
-    run::<S>(
-        &dir,
-        launch,
-        ReadySender::none(),
-        Some(lock),
-        Duration::from_secs(10),
-    )
+    // An application's own host: its events go to its `daemon.log`, through a
+    // dispatcher of this thread and the host's (see `log`), not the application's.
+    log::scoped(Some(log::open(&dir)), || {
+        run::<S>(
+            &dir,
+            launch,
+            ReadySender::none(),
+            Some(lock),
+            Duration::from_secs(10),
+        )
+    })
 }
 
 /// State shared by the front and instance threads.
@@ -217,7 +220,7 @@ fn start<S: Service>(
     predecessor_wait: Duration,
 ) -> Result<Started, Error> {
     let fail = |ready: &mut ReadySender, reason: String| {
-        log(&format!("start failed: {reason}"));
+        log::emit(|| tracing::error!("start failed: {reason}"));
         ready.send(&Readiness::Failed {
             reason: reason.clone(),
         });
@@ -229,6 +232,14 @@ fn start<S: Service>(
 
     // One instance of a name at a time: no constructor runs before the previous
     // instance's `Drop` has finished (which is where a service may persist its state).
+    log::emit(|| {
+        tracing::info!(
+            name = %launch.name,
+            pid = std::process::id(),
+            version = %env!("CARGO_PKG_VERSION"),
+            "starting"
+        )
+    });
     let instance_lock = match dir.lock_instance(predecessor_wait) {
         Ok(lock) => lock,
         Err(error) => return Err(fail(ready, error.to_string())),
@@ -242,7 +253,7 @@ fn start<S: Service>(
     let unix = match dir.bind_socket() {
         Ok(Ok(unix)) => Some(unix),
         Ok(Err(reason)) => {
-            log(&format!("serving TCP only: {reason}"));
+            log::emit(|| tracing::warn!(%reason, "serving TCP only"));
             None
         }
         Err(error) => return Err(fail(ready, error.to_string())),
@@ -281,12 +292,12 @@ fn start<S: Service>(
     let (to_instance, from_front) = mpsc::unbounded_channel();
     let (built_tx, built_rx) = std::sync::mpsc::channel();
     let instance_thread = {
-        let quiet = QUIET.get();
+        let host_log = log::current();
         let instance = shared.instance;
         std::thread::Builder::new()
             .name("loopback-singleton-instance".into())
             .spawn(move || {
-                QUIET.set(quiet);
+                log::set(host_log);
                 crate::service::host_on_this_thread(instance);
                 instance_thread::<S>(construct, built_tx, from_front)
             })
@@ -314,6 +325,10 @@ fn start<S: Service>(
         protocol: protocol::PROTOCOL_VERSION,
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         socket: unix.is_some().then(|| runtime_dir::SOCKET.to_string()),
+        idle_ttl_ms: shared
+            .options
+            .idle_ttl
+            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
     };
     if let Err(error) = dir
         .write_secret(&secret)
@@ -323,17 +338,21 @@ fn start<S: Service>(
         let _ = instance_thread.join();
         return Err(fail(ready, error.to_string()));
     }
-    log(&format!(
-        "serving `{}` (pid {}, instance {:016x}) on 127.0.0.1:{port}{}",
-        shared.name,
-        shared.pid,
-        shared.instance,
-        if unix.is_some() {
-            format!(" and {}", dir.path().join(runtime_dir::SOCKET).display())
-        } else {
-            String::new()
-        }
-    ));
+    log::emit(|| {
+        tracing::info!(
+            pid = shared.pid,
+            port,
+            version = %env!("CARGO_PKG_VERSION"),
+            instance = %format_args!("{:016x}", shared.instance),
+            idle_ttl = %shared.options.idle_ttl.map_or("none".into(), |ttl| format!("{ttl:?}")),
+            socket = %unix.as_ref().map_or_else(
+                || "none".into(),
+                |_| dir.path().join(runtime_dir::SOCKET).display().to_string()
+            ),
+            "serving `{}`",
+            shared.name
+        )
+    });
     ready.send(&Readiness::Ready {
         port,
         pid: shared.pid,
@@ -386,7 +405,7 @@ impl Started {
             to_instance.clone(),
             signals,
         ));
-        log(&format!("retiring: {why}"));
+        log::emit(|| tracing::info!(reason = %why, "retiring"));
         // Unpublish first, so that newcomers start a successor instead of finding us;
         // the successor waits for the instance lock, released only once our instance
         // is dropped.
@@ -395,7 +414,7 @@ impl Started {
         let _ = to_instance.send(ToInstance::Retire);
         let _ = instance_thread.join();
         drop(instance_lock);
-        log("instance dropped; exiting");
+        log::emit(|| tracing::info!("instance dropped; exiting"));
         Ok(())
     }
 }

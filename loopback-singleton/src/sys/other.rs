@@ -195,7 +195,7 @@ pub(crate) fn detach() -> io::Result<()> {
     Err(unsupported())
 }
 
-pub(crate) fn daemon_stdio(_log: io::Result<File>) {}
+pub(crate) fn daemon_stdio(_reader: impl FnOnce(File) -> io::Result<()>) {}
 
 /// No stop signals are listened to.
 pub(crate) struct StopSignals;
