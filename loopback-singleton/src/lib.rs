@@ -16,6 +16,9 @@ mod protocol;
 mod runtime_dir;
 mod schema;
 mod service;
+// Wired into the host and the client by the shared-memory transport.
+#[allow(dead_code)]
+mod shm;
 mod single_instance;
 mod spawn;
 mod sys;

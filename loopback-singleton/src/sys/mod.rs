@@ -19,6 +19,12 @@ mod other;
 #[cfg(not(unix))]
 pub(crate) use other::*;
 
+// Used by the shared-memory transport once it is wired in.
+#[allow(dead_code, unused_imports)]
+mod shm;
+#[allow(unused_imports)]
+pub(crate) use shm::*;
+
 /// What `fstat` says about a file, as far as trust is concerned.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stat {
