@@ -277,7 +277,14 @@ impl Daemon {
         send(&mut reader, &buf).map_err(lost)?;
         receive(&mut reader, &mut buf, protocol::MAX_HANDSHAKE_FRAME).map_err(frame_error)?;
         let challenge: Challenge = protocol::decode("challenge", &buf)?;
-        let auth = match half.answer(&secret, &challenge, None, None, None) {
+        let auth = match half.answer(
+            &secret,
+            &challenge,
+            None,
+            None,
+            None,
+            protocol::Transport::Tcp,
+        ) {
             Peer::Proven(auth) => auth,
             Peer::OtherVersion(version) => {
                 return Err(Error::ProtocolVersion {

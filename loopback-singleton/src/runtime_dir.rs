@@ -1,7 +1,8 @@
 //! The per-user, per-name runtime directory: where it is, whether it can be trusted, the
 //! locks, and the files in it (metadata, secret, log).
 //!
-//! Layout: `<base>/<name>/{metadata.json, secret, lock, instance.lock, daemon.log}` where
+//! Layout: `<base>/<name>/{metadata.json, secret, lock, instance.lock, daemon.log,
+//! daemon.sock}` where
 //! `<base>` is `$LOOPBACK_SINGLETON_DIR`, else `$XDG_RUNTIME_DIR/loopback-singleton`, else
 //! the platform's per-user runtime directory (`$TMPDIR` on macOS, `%LOCALAPPDATA%` on
 //! Windows) + `/loopback-singleton`, else `~/.cache/loopback-singleton`.
@@ -40,6 +41,8 @@ const SECRET: &str = "secret";
 const LOCK: &str = "lock";
 const INSTANCE_LOCK: &str = "instance.lock";
 const LOG: &str = "daemon.log";
+/// The daemon's Unix socket (where the platform has them).
+pub(crate) const SOCKET: &str = "daemon.sock";
 
 /// What a running daemon publishes about itself. Written atomically, 0600.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +59,10 @@ pub(crate) struct Metadata {
     pub init_description: String,
     pub protocol: u16,
     pub crate_version: String,
+    /// The daemon's Unix socket in this directory, if it listens on one (absent from
+    /// the metadata of daemons that predate the Unix transport).
+    #[serde(default)]
+    pub socket: Option<String>,
 }
 
 /// A validated, open runtime directory for one singleton name. Cheap to clone: clones
@@ -367,6 +374,61 @@ impl RuntimeDir {
         Ok(())
     }
 
+    /// Binds the daemon's Unix socket, replacing a stale one: the caller holds the
+    /// instance lock, so a socket of that name is a predecessor's that is gone (killed,
+    /// or it never removed it). Anything else there (a symbolic link, a regular file,
+    /// another user's socket) is an [`Error::RuntimeDir`], never removed or followed.
+    /// `Ok(Err(reason))` when this daemon cannot have a socket (no Unix sockets on the
+    /// platform, or an address too long for it): it serves TCP only.
+    pub(crate) fn bind_socket(&self) -> Result<Result<sys::UnixListener, String>, Error> {
+        let path = self.display(SOCKET);
+        match sys::lstat_at(&self.handle, SOCKET) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(refuse(&path, format!("cannot inspect it: {error}"))),
+            Ok(stat) => {
+                let socket = sys::is_socket_at(&self.handle, SOCKET)
+                    .map_err(|error| refuse(&path, format!("cannot inspect it: {error}")))?;
+                if !socket {
+                    return Err(refuse(
+                        &path,
+                        format!(
+                            "it is not a socket (it is {}); remove it (`rm {}`) and let the \
+                             daemon create its socket",
+                            match stat.kind {
+                                FileKind::Symlink => "a symbolic link",
+                                FileKind::Dir => "a directory",
+                                FileKind::File => "a regular file",
+                                FileKind::Other => "a special file",
+                            },
+                            path.display()
+                        ),
+                    ));
+                }
+                let me = sys::euid();
+                if stat.uid != me {
+                    return Err(refuse(
+                        &path,
+                        format!(
+                            "it is a socket of uid {}, not yours (uid {me}); remove it",
+                            stat.uid
+                        ),
+                    ));
+                }
+                self.remove(SOCKET).map_err(|error| {
+                    Error::io(format!("removing the stale {}", path.display()), error)
+                })?;
+            }
+        }
+        Ok(sys::bind_unix_at(&self.handle, &self.path, SOCKET)
+            .map_err(|error| format!("cannot listen on {}: {error}", path.display())))
+    }
+
+    /// Connects to the Unix socket `socket` of this directory (see
+    /// `sys::connect_unix_at` for how a path too long for a socket address is handled).
+    pub(crate) fn connect_socket(&self, socket: &str) -> io::Result<sys::Stream> {
+        sys::connect_unix_at(&self.handle, &self.path, socket)
+    }
+
     /// Unpublishes the daemon `instance`: removes metadata and secret if the metadata
     /// still names it. The caller holds the instance lock, so no successor can have
     /// published in the meantime; the check only spares files of an unrelated writer.
@@ -374,6 +436,9 @@ impl RuntimeDir {
         if let Ok(Some(metadata)) = self.read_metadata() {
             if metadata.instance == instance {
                 let _ = self.remove_stale();
+                if metadata.socket.as_deref() == Some(SOCKET) {
+                    let _ = self.remove(SOCKET);
+                }
             }
         }
     }

@@ -2,7 +2,6 @@
 //! other's round trips) and one request's round trip.
 
 use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::protocol::{self, Fingerprint, FrameError};
+use crate::protocol::{self, Fingerprint, FrameError, Transport};
 use crate::runtime_dir::RuntimeDir;
 use crate::spawn::Launch;
 
@@ -20,7 +19,7 @@ use super::*;
 
 /// One authenticated connection with its reusable buffer.
 pub(super) struct Connection {
-    pub(super) reader: BufReader<TcpStream>,
+    pub(super) reader: BufReader<crate::sys::Stream>,
     pub(super) buf: Vec<u8>,
     pub(super) instance: u64,
     /// The smaller of this client's and the daemon's frame limits: requests above it
@@ -47,6 +46,8 @@ pub(super) struct Inner {
     pub(super) call_timeout: Option<Duration>,
     pub(super) max_frame: u32,
     pub(super) daemon_command: Option<PathBuf>,
+    /// How this client's connections reach the daemon.
+    pub(super) transport: Transport,
     pub(super) endpoint: Mutex<Option<Endpoint>>,
     pub(super) idle: Mutex<Vec<Connection>>,
     pub(super) next_id: AtomicU64,

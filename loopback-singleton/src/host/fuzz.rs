@@ -55,7 +55,7 @@ pub(crate) fn handshake<S: Service>(input: &[u8]) -> (Vec<u8>, bool) {
     let mut output = Vec::new();
     let admitted = block_on(async {
         let mut stream = tokio::io::join(input, &mut output);
-        front::handshake(&mut stream, &shared, &secret)
+        front::handshake(&mut stream, &shared, &secret, protocol::Transport::Tcp)
             .await
             .is_ok()
     });
@@ -75,6 +75,7 @@ pub(crate) fn requests<S: Service>(instance: S, input: &[u8], max_frame: u32) ->
         &instance,
         &shared,
         false,
+        protocol::Transport::Tcp,
     ))
     .is_ok();
     (output, clean)

@@ -11,10 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::protocol::{self, FrameError, RemoteError};
+use crate::protocol::{self, FrameError, RemoteError, Transport};
 use crate::service::{Dispatch, Service};
 
 use super::metrics::{self, Outcome, Sample};
@@ -55,8 +54,8 @@ pub(super) fn instance_thread<S: Service>(
     let instance = Rc::new(Mutex::new(Some(instance)));
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
-        while let Some(ToInstance::Connection(stream, guard, admin)) = from_front.recv().await {
-            tokio::task::spawn_local(serve_connection(stream, guard, admin, Rc::clone(&instance)));
+        while let Some(ToInstance::Connection(admitted)) = from_front.recv().await {
+            tokio::task::spawn_local(serve_connection(admitted, Rc::clone(&instance)));
         }
         // Waits for the call in flight, if any; later calls find no instance.
         let dropped = instance.lock().await.take();
@@ -87,14 +86,18 @@ impl Buffers {
 /// Serves one authenticated connection; its guard counts it until this ends. An admin
 /// connection (no schema) gets ping, stats and shutdown only.
 pub(super) async fn serve_connection<S: Service>(
-    stream: std::net::TcpStream,
-    guard: ConnectionGuard,
-    admin: bool,
+    admitted: Admitted,
     instance: Rc<Mutex<Option<S>>>,
 ) {
-    if let Ok(mut stream) = TcpStream::from_std(stream) {
-        let (reader, writer) = stream.split();
-        let _ = connection_loop(reader, writer, &instance, &guard.0, admin).await;
+    let Admitted {
+        stream,
+        guard,
+        admin,
+        transport,
+    } = admitted;
+    if let Ok(stream) = stream.into_async() {
+        let (reader, writer) = stream.into_split();
+        let _ = connection_loop(reader, writer, &instance, &guard.0, admin, transport).await;
     }
 }
 
@@ -104,6 +107,7 @@ pub(super) async fn connection_loop<S: Service>(
     instance: &Mutex<Option<S>>,
     shared: &Shared,
     admin: bool,
+    transport: Transport,
 ) -> Result<(), ()> {
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     let mut buffers = Buffers {
@@ -158,7 +162,7 @@ pub(super) async fn connection_loop<S: Service>(
             }
             protocol::Kind::Ping => {
                 protocol::append_header(output, id, protocol::Status::Ok);
-                let info = daemon_info(shared);
+                let info = daemon_info(shared, transport);
                 postcard::to_io(&info, &mut *output).expect("encoding into a Vec cannot fail");
             }
             protocol::Kind::Stats => {
@@ -270,7 +274,8 @@ pub(super) async fn run_call<S: Service>(
     })
 }
 
-pub(super) fn daemon_info(shared: &Shared) -> protocol::DaemonInfo {
+/// What a ping on a connection of `transport` answers.
+pub(super) fn daemon_info(shared: &Shared, transport: Transport) -> protocol::DaemonInfo {
     protocol::DaemonInfo {
         pid: shared.pid,
         instance: shared.instance,
@@ -279,6 +284,7 @@ pub(super) fn daemon_info(shared: &Shared) -> protocol::DaemonInfo {
         calls_served: shared.calls_served.load(Ordering::Relaxed),
         clients: shared.connections.load(Ordering::Relaxed),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        transport,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The host: serves the one instance and serves authenticated clients on 127.0.0.1.
+//! The host: serves the one instance and serves authenticated clients on 127.0.0.1
+//! and, where the platform has them, on a Unix socket in the runtime directory.
 //!
 //! Two threads, each with a single-threaded tokio runtime:
 //! - the **front** thread accepts connections, runs handshakes (with a deadline),
@@ -143,8 +144,21 @@ impl Shared {
 
 /// What the front thread hands the instance thread.
 enum ToInstance {
-    Connection(std::net::TcpStream, ConnectionGuard, bool),
+    Connection(Admitted),
     Retire,
+}
+
+/// An authenticated connection, for the instance thread to serve.
+struct Admitted {
+    /// The socket it came on (left in non-blocking mode).
+    stream: sys::Stream,
+    /// Counts it until it ends.
+    guard: ConnectionGuard,
+    /// No schema: ping, stats and shutdown only.
+    admin: bool,
+    /// How the client asked to be served: over `stream` (TCP or Unix, matching it), or
+    /// through shared memory set up over it.
+    transport: protocol::Transport,
 }
 
 /// Builds the instance on the instance thread (so it need not be `Send`): for a daemon,
@@ -178,6 +192,8 @@ fn run<S: Service>(
 /// A host that is bound, built and published, but not serving yet.
 struct Started {
     listener: std::net::TcpListener,
+    /// The Unix socket, where the platform has one and it could be bound.
+    unix: Option<sys::UnixListener>,
     shared: Arc<Shared>,
     secret: Secret,
     to_instance: mpsc::UnboundedSender<ToInstance>,
@@ -222,6 +238,15 @@ fn start<S: Service>(
         Err(error) => return Err(fail(ready, format!("binding 127.0.0.1: {error}"))),
     };
     let port = listener.local_addr().map(|addr| addr.port()).unwrap_or(0);
+    // Under the instance lock: a socket file left there is a dead predecessor's.
+    let unix = match dir.bind_socket() {
+        Ok(Ok(unix)) => Some(unix),
+        Ok(Err(reason)) => {
+            log(&format!("serving TCP only: {reason}"));
+            None
+        }
+        Err(error) => return Err(fail(ready, error.to_string())),
+    };
     let shared = Arc::new(Shared {
         name: launch.name.clone(),
         pid: std::process::id(),
@@ -280,6 +305,7 @@ fn start<S: Service>(
         init_description: shared.init_description.clone(),
         protocol: protocol::PROTOCOL_VERSION,
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
+        socket: unix.is_some().then(|| runtime_dir::SOCKET.to_string()),
     };
     if let Err(error) = dir
         .write_secret(&secret)
@@ -290,8 +316,15 @@ fn start<S: Service>(
         return Err(fail(ready, error.to_string()));
     }
     log(&format!(
-        "serving `{}` (pid {}, instance {:016x}) on 127.0.0.1:{port}",
-        shared.name, shared.pid, shared.instance
+        "serving `{}` (pid {}, instance {:016x}) on 127.0.0.1:{port}{}",
+        shared.name,
+        shared.pid,
+        shared.instance,
+        if unix.is_some() {
+            format!(" and {}", dir.path().join(runtime_dir::SOCKET).display())
+        } else {
+            String::new()
+        }
     ));
     ready.send(&Readiness::Ready {
         port,
@@ -303,6 +336,7 @@ fn start<S: Service>(
     shared.mark_idle_now();
     Ok(Started {
         listener,
+        unix,
         shared,
         secret,
         to_instance,
@@ -325,6 +359,7 @@ impl Started {
     fn serve(self, dir: &RuntimeDir, signals: Signals) -> Result<(), Error> {
         let Started {
             listener,
+            unix,
             shared,
             secret,
             to_instance,
@@ -337,6 +372,7 @@ impl Started {
             .map_err(|error| Error::io("building the daemon runtime", error))?;
         let why = runtime.block_on(front(
             listener,
+            unix,
             Arc::clone(&shared),
             secret,
             to_instance.clone(),

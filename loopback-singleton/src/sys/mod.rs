@@ -19,6 +19,9 @@ mod other;
 #[cfg(not(unix))]
 pub(crate) use other::*;
 
+mod stream;
+pub(crate) use stream::*;
+
 // Used by the shared-memory transport once it is wired in.
 #[allow(dead_code, unused_imports)]
 mod shm;
