@@ -16,8 +16,6 @@ mod protocol;
 mod runtime_dir;
 mod schema;
 mod service;
-// Wired into the host and the client by the shared-memory transport.
-#[allow(dead_code)]
 mod shm;
 mod single_instance;
 mod spawn;

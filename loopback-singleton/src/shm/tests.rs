@@ -30,6 +30,7 @@ fn hand_over(socket: &UnixStream) -> DaemonEnd<Mapping> {
 fn take_over(socket: &UnixStream) -> ClientEnd<Mapping> {
     let (tag, fd) = sys::recv_fd(socket.as_fd()).unwrap();
     assert_eq!(tag, 1);
+    let fd = fd.unwrap();
     ClientEnd::new(sys::map_received(&fd, REGION_BYTES).unwrap()).unwrap()
 }
 
@@ -163,7 +164,7 @@ fn garbage_from_the_client_is_a_protocol_error_for_the_daemon() {
     ] {
         let (client, daemon) = UnixStream::pair().unwrap();
         let daemon = std::thread::spawn(move || echo_daemon(daemon));
-        let (_, fd) = sys::recv_fd(client.as_fd()).unwrap();
+        let fd = sys::recv_fd(client.as_fd()).unwrap().1.unwrap();
         let mapping = sys::map_received(&fd, REGION_BYTES).unwrap();
         if at == REQUEST_LEN {
             scribble(&mapping, REQUEST_LEN, value);
@@ -220,7 +221,7 @@ fn a_region_of_the_wrong_size_or_kind_is_refused() {
     let (a, _b) = UnixStream::pair().unwrap();
     let (c, d) = UnixStream::pair().unwrap();
     sys::send_fd(c.as_fd(), &std::os::fd::OwnedFd::from(a), 1).unwrap();
-    let (_, fd) = sys::recv_fd(d.as_fd()).unwrap();
+    let fd = sys::recv_fd(d.as_fd()).unwrap().1.unwrap();
     assert!(sys::map_received(&fd, REGION_BYTES).is_err());
     // Zeroed memory has no header.
     let zeroed: Box<[AtomicU64]> = (0..REGION_BYTES / 8).map(|_| AtomicU64::new(0)).collect();
@@ -293,7 +294,7 @@ fn peer() {
         }
         // A client that writes garbage over the whole header, then rings.
         "hostile-client" => {
-            let (_, fd) = sys::recv_fd(socket.as_fd()).unwrap();
+            let fd = sys::recv_fd(socket.as_fd()).unwrap().1.unwrap();
             let mapping = sys::map_received(&fd, REGION_BYTES).unwrap();
             for (at, word) in mapping.iter().enumerate() {
                 word.store(

@@ -22,10 +22,7 @@ pub(crate) use other::*;
 mod stream;
 pub(crate) use stream::*;
 
-// Used by the shared-memory transport once it is wired in.
-#[allow(dead_code, unused_imports)]
 mod shm;
-#[allow(unused_imports)]
 pub(crate) use shm::*;
 
 /// What `fstat` says about a file, as far as trust is concerned.

@@ -63,6 +63,7 @@ mod unix {
     };
 
     use super::Mapping;
+    use crate::sys::{AsyncStream, Stream};
 
     /// What a region is handed over as.
     pub(crate) type RegionFd = OwnedFd;
@@ -206,9 +207,9 @@ mod unix {
         Ok(())
     }
 
-    /// Receives one byte and the one descriptor sent with it over a connected Unix
-    /// socket (blocking if the socket blocks). Anything else is refused.
-    pub(crate) fn recv_fd(socket: BorrowedFd<'_>) -> io::Result<(u8, RegionFd)> {
+    /// Receives one byte and the descriptor sent with it, if any, over a connected
+    /// Unix socket (blocking if the socket blocks). More than one is refused.
+    pub(crate) fn recv_fd(socket: BorrowedFd<'_>) -> io::Result<(u8, Option<RegionFd>)> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut byte = [0u8];
@@ -231,7 +232,7 @@ mod unix {
                 fds.extend(received);
             }
         }
-        if fds.len() != 1 {
+        if fds.len() > 1 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -240,10 +241,63 @@ mod unix {
                 ),
             ));
         }
-        let fd = fds.pop().expect("one descriptor");
+        let fd = fds.pop();
         #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+        if let Some(fd) = &fd {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+        }
         Ok((byte[0], fd))
+    }
+
+    impl Stream {
+        /// Receives the region the daemon hands over: `Ok(None)` if it says it has
+        /// none to give (tag 0).
+        pub(crate) fn recv_region(&self) -> io::Result<Option<RegionFd>> {
+            let Stream::Unix(socket) = self else {
+                return Err(not_unix());
+            };
+            match recv_fd(socket.as_fd())? {
+                (1, Some(fd)) => Ok(Some(fd)),
+                (0, None) => Ok(None),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a malformed shared-region hand-over",
+                )),
+            }
+        }
+
+        /// Waits until the socket has something to read, or its end (see
+        /// [`wait_socket`]).
+        pub(crate) fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+            match self {
+                Stream::Unix(socket) => wait_socket(socket.as_fd(), timeout),
+                Stream::Tcp(socket) => wait_socket(socket.as_fd(), timeout),
+            }
+        }
+    }
+
+    impl AsyncStream {
+        /// Hands `region` over (tag 1), or says there is none (tag 0).
+        pub(crate) async fn send_region(&self, region: Option<&RegionFd>) -> io::Result<()> {
+            let AsyncStream::Unix(socket) = self else {
+                return Err(not_unix());
+            };
+            socket
+                .async_io(tokio::io::Interest::WRITABLE, || match region {
+                    Some(fd) => send_fd(socket.as_fd(), fd, 1),
+                    None => rustix::net::send(socket, &[0], SendFlags::empty())
+                        .map_err(io::Error::from)
+                        .map(drop),
+                })
+                .await
+        }
+    }
+
+    fn not_unix() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "shared memory is set up over a Unix socket",
+        )
     }
 }
 
@@ -273,5 +327,24 @@ mod other {
 
     pub(crate) fn map_received(fd: &RegionFd, _bytes: usize) -> io::Result<Mapping> {
         match *fd {}
+    }
+
+    impl crate::sys::Stream {
+        pub(crate) fn recv_region(&self) -> io::Result<Option<RegionFd>> {
+            unavailable()
+        }
+
+        pub(crate) fn wait_readable(
+            &self,
+            _timeout: Option<std::time::Duration>,
+        ) -> io::Result<bool> {
+            unavailable()
+        }
+    }
+
+    impl crate::sys::AsyncStream {
+        pub(crate) async fn send_region(&self, _region: Option<&RegionFd>) -> io::Result<()> {
+            unavailable()
+        }
     }
 }
