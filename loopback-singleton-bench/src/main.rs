@@ -18,6 +18,7 @@ mod procs;
 mod report;
 mod roles;
 mod service;
+mod shm;
 
 use std::io::Write;
 use std::path::Path;
@@ -29,7 +30,7 @@ use service::{BenchAsyncClient, BenchClient, INC};
 
 /// Sizes of the measurement, full or `--quick`.
 #[derive(Clone, Copy)]
-struct Plan {
+pub(crate) struct Plan {
     quick: bool,
     warmup: usize,
     samples: usize,
@@ -226,6 +227,8 @@ fn run(plan: &Plan, base: &Path) -> Report {
     for pid in [raw.pid(), tarpc.pid(), daemon_pid] {
         procs::pin_process(pid, None);
     }
+    // 1b. The shared-memory transport beside raw TCP.
+    shm::run(plan, base, name, &mut raw, daemon_pid, &mut report);
     // Close the async connection before the idle footprint (no client connected): its
     // writer task shuts the socket and its reader sees the daemon close, but only while
     // the runtime runs.
@@ -493,7 +496,7 @@ fn run(plan: &Plan, base: &Path) -> Report {
 }
 
 /// Times `samples` calls after `warmup` untimed ones; nanoseconds per call.
-fn time_calls(warmup: usize, samples: usize, mut call: impl FnMut()) -> Vec<u64> {
+pub(crate) fn time_calls(warmup: usize, samples: usize, mut call: impl FnMut()) -> Vec<u64> {
     for _ in 0..warmup {
         call();
     }
