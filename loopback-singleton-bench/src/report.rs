@@ -30,6 +30,20 @@ pub struct Crowd {
     pub latency: Stats,
 }
 
+/// The small call by transport, measured in the same interleaved rounds as `latency`.
+pub struct TransportRow {
+    /// The pinning.
+    pub label: String,
+    /// A raw `std::net` TCP ping-pong (the same samples as `latency`'s raw column).
+    pub raw_tcp: Stats,
+    /// A raw Unix-socket ping-pong: the floor of the `unix` transport.
+    pub raw_unix: Stats,
+    /// The blocking client over TCP (the same samples as `latency`'s).
+    pub tcp: Stats,
+    /// The blocking client over the daemon's Unix socket.
+    pub unix: Stats,
+}
+
 /// Every figure of one run. Triples are (raw, loopback-singleton, tarpc).
 pub struct Report {
     pub quick: bool,
@@ -38,6 +52,7 @@ pub struct Report {
     /// (pinning, raw, the async client, tarpc): the same raw and tarpc samples as
     /// `latency`, the async client measured in the same interleaved rounds.
     pub async_latency: Vec<(String, Stats, Stats, Stats)>,
+    pub transports: Vec<TransportRow>,
     /// (load, raw TCP from one process one call at a time, the async client, tarpc).
     pub async_throughput: Vec<(String, f64, f64, f64)>,
     /// (label, size, raw, loopback-singleton, tarpc), bytes per second.
@@ -128,6 +143,7 @@ impl Report {
             latency: Vec::new(),
             throughput: Vec::new(),
             async_latency: Vec::new(),
+            transports: Vec::new(),
             async_throughput: Vec::new(),
             payload: Vec::new(),
             warm_connect: None,
@@ -226,6 +242,36 @@ impl Report {
                 tarpc.median as f64 / raw.median as f64,
                 mark(ratio <= 1.2 && ours.median < tarpc.median),
             );
+        }
+
+        if !self.transports.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n**Small call by transport** (`inc() -> u64`, blocking client, same daemon, same interleaved rounds; median / p99)\n"
+            );
+            let _ = writeln!(
+                out,
+                "| pinning | raw TCP | raw Unix socket | `tcp` | `unix` | `unix` ÷ raw TCP | `unix` ÷ raw Unix | target ≤ 0.8× raw TCP, ≤ 1.2× raw Unix |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+            for row in &self.transports {
+                let over_tcp = row.unix.median as f64 / row.raw_tcp.median as f64;
+                let over_unix = row.unix.median as f64 / row.raw_unix.median as f64;
+                let _ = writeln!(
+                    out,
+                    "| {} | {} / {} | {} / {} | {} / {} | {} / {} | {over_tcp:.2}× | {over_unix:.2}× | {} |",
+                    row.label,
+                    micros(row.raw_tcp.median),
+                    micros(row.raw_tcp.p99),
+                    micros(row.raw_unix.median),
+                    micros(row.raw_unix.p99),
+                    micros(row.tcp.median),
+                    micros(row.tcp.p99),
+                    micros(row.unix.median),
+                    micros(row.unix.p99),
+                    mark(over_tcp <= 0.8 && over_unix <= 1.2),
+                );
+            }
         }
 
         let _ = writeln!(

@@ -374,50 +374,59 @@ impl RuntimeDir {
         Ok(())
     }
 
+    /// Checks what sits where the daemon's Unix socket goes: `Ok(false)` for nothing,
+    /// `Ok(true)` for a socket of ours; anything else (a symbolic link, a regular file,
+    /// another user's socket) is an [`Error::RuntimeDir`], never removed or followed.
+    pub(crate) fn check_socket_slot(&self) -> Result<bool, Error> {
+        let path = self.display(SOCKET);
+        let stat = match sys::lstat_at(&self.handle, SOCKET) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(refuse(&path, format!("cannot inspect it: {error}"))),
+            Ok(stat) => stat,
+        };
+        let socket = sys::is_socket_at(&self.handle, SOCKET)
+            .map_err(|error| refuse(&path, format!("cannot inspect it: {error}")))?;
+        if !socket {
+            let what = match stat.kind {
+                FileKind::Symlink => "a symbolic link",
+                FileKind::Dir => "a directory",
+                FileKind::File => "a regular file",
+                FileKind::Other => "a special file",
+            };
+            return Err(refuse(
+                &path,
+                format!(
+                    "it is not a socket (it is {what}); remove it (`rm {}`) and let the \
+                     daemon create its socket",
+                    path.display()
+                ),
+            ));
+        }
+        let me = sys::euid();
+        if stat.uid != me {
+            return Err(refuse(
+                &path,
+                format!(
+                    "it is a socket of uid {}, not yours (uid {me}); remove it",
+                    stat.uid
+                ),
+            ));
+        }
+        Ok(true)
+    }
+
     /// Binds the daemon's Unix socket, replacing a stale one: the caller holds the
     /// instance lock, so a socket of that name is a predecessor's that is gone (killed,
-    /// or it never removed it). Anything else there (a symbolic link, a regular file,
-    /// another user's socket) is an [`Error::RuntimeDir`], never removed or followed.
-    /// `Ok(Err(reason))` when this daemon cannot have a socket (no Unix sockets on the
-    /// platform, or an address too long for it): it serves TCP only.
+    /// or it never removed it). Anything else there is refused (see
+    /// [`check_socket_slot`](Self::check_socket_slot)). `Ok(Err(reason))` when this
+    /// daemon cannot have a socket (no Unix sockets on the platform, or an address too
+    /// long for it): it serves TCP only.
     pub(crate) fn bind_socket(&self) -> Result<Result<sys::UnixListener, String>, Error> {
         let path = self.display(SOCKET);
-        match sys::lstat_at(&self.handle, SOCKET) {
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(refuse(&path, format!("cannot inspect it: {error}"))),
-            Ok(stat) => {
-                let socket = sys::is_socket_at(&self.handle, SOCKET)
-                    .map_err(|error| refuse(&path, format!("cannot inspect it: {error}")))?;
-                if !socket {
-                    return Err(refuse(
-                        &path,
-                        format!(
-                            "it is not a socket (it is {}); remove it (`rm {}`) and let the \
-                             daemon create its socket",
-                            match stat.kind {
-                                FileKind::Symlink => "a symbolic link",
-                                FileKind::Dir => "a directory",
-                                FileKind::File => "a regular file",
-                                FileKind::Other => "a special file",
-                            },
-                            path.display()
-                        ),
-                    ));
-                }
-                let me = sys::euid();
-                if stat.uid != me {
-                    return Err(refuse(
-                        &path,
-                        format!(
-                            "it is a socket of uid {}, not yours (uid {me}); remove it",
-                            stat.uid
-                        ),
-                    ));
-                }
-                self.remove(SOCKET).map_err(|error| {
-                    Error::io(format!("removing the stale {}", path.display()), error)
-                })?;
-            }
+        if self.check_socket_slot()? {
+            self.remove(SOCKET).map_err(|error| {
+                Error::io(format!("removing the stale {}", path.display()), error)
+            })?;
         }
         Ok(sys::bind_unix_at(&self.handle, &self.path, SOCKET)
             .map_err(|error| format!("cannot listen on {}: {error}", path.display())))

@@ -429,6 +429,10 @@ pub(crate) struct DaemonEnd<M> {
     region: Region<M>,
     /// The sequence of the last request taken from the slot.
     seq: u64,
+    /// Whether the last request came through the slot: only then is the next one
+    /// worth spinning for (a client that uses the socket, such as the async client,
+    /// would only make the daemon spin in vain).
+    spin: bool,
 }
 
 impl<M: Deref<Target = [AtomicU64]>> DaemonEnd<M> {
@@ -437,13 +441,14 @@ impl<M: Deref<Target = [AtomicU64]>> DaemonEnd<M> {
         DaemonEnd {
             region: Region::init(mem),
             seq: 0,
+            spin: true,
         }
     }
 
-    /// The next request, from the slot or from the socket, into `buf`. Spins a few
-    /// microseconds first (blocking the thread: the client's next call usually follows
-    /// its last reply closely), then sleeps on the socket. `Ok(None)`: the client
-    /// closed the connection.
+    /// The next request, from the slot or from the socket, into `buf`. After a request
+    /// through the slot, spins a few microseconds first (blocking the thread: the
+    /// client's next call usually follows its last reply closely), then sleeps on the
+    /// socket. `Ok(None)`: the client closed the connection.
     pub(crate) async fn next<R>(
         &mut self,
         socket: &mut tokio::io::BufReader<R>,
@@ -466,13 +471,17 @@ impl<M: Deref<Target = [AtomicU64]>> DaemonEnd<M> {
             if region.take_request(last, buf)? {
                 region.awake(Side::Daemon);
                 self.seq = last.wrapping_add(1);
+                self.spin = true;
                 return Ok(Some(Event::Slot));
             }
             let read = protocol::read_frame_async(socket, buf, max_frame).await;
             region.awake(Side::Daemon);
             match read {
                 Ok(()) if buf.is_empty() => continue,
-                Ok(()) => return Ok(Some(Event::Frame)),
+                Ok(()) => {
+                    self.spin = false;
+                    return Ok(Some(Event::Frame));
+                }
                 Err(FrameError::Io(_)) => return Ok(None),
                 Err(FrameError::Protocol(error)) => return Err(error),
             }

@@ -145,3 +145,15 @@ pub fn field(output: &Output, key: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Whether the tests run as root (those that need another user skip otherwise).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|error| panic!("chmod {mode:o} {}: {error}", path.display()));
+}

@@ -130,6 +130,9 @@ impl Inner {
         }
         let start_lock = start_lock.expect("the loop leaves with the lock held");
         dir.remove_stale()?;
+        // What would keep the daemon from binding its socket is refused here, before
+        // anything is spawned, as any other hostile file in the directory.
+        dir.check_socket_slot()?;
         // A predecessor that unpublished itself may still be finishing its last call or
         // dropping its instance: its successor starts only once it is gone. (Free now,
         // the instance lock stays free while we hold the start lock: only a host holding
