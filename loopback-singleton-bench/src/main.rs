@@ -257,7 +257,14 @@ fn run(plan: &Plan, base: &Path) -> Report {
     }
     drop((unix_client, raw_unix_stream, raw_unix));
     // 1b. The shared-memory transport beside raw TCP.
-    shm::run(plan, base, name, &mut raw, daemon_pid, &mut report);
+    shm::run(
+        plan,
+        base,
+        name,
+        (raw_port, raw.pid()),
+        daemon_pid,
+        &mut report,
+    );
     // Close the async connection before the idle footprint (no client connected): its
     // writer task shuts the socket and its reader sees the daemon close, but only while
     // the runtime runs.

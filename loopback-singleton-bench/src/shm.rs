@@ -19,11 +19,10 @@ pub fn run(
     plan: &Plan,
     base: &Path,
     name: &str,
-    raw: &mut Proc,
+    (raw_port, raw_pid): (u16, u32),
     daemon_pid: u32,
     report: &mut Report,
 ) {
-    let raw_port = raw.port();
     let mut raw_stream = roles::raw_connect(raw_port, roles::RAW_PING);
     let client = BenchClient::builder()
         .runtime_dir(base)
@@ -34,7 +33,7 @@ pub fn run(
     for (label, client_cpu, server_cpu) in [("same core", 0, 0), ("cross core", 0, 1)] {
         eprintln!("shm latency, {label}...");
         procs::pin_thread(Some(client_cpu));
-        for pid in [raw.pid(), daemon_pid] {
+        for pid in [raw_pid, daemon_pid] {
             procs::pin_process(pid, Some(server_cpu % procs::available_cpus()));
         }
         let (mut raw_samples, mut shm_samples) = (Vec::new(), Vec::new());
@@ -55,7 +54,7 @@ pub fn run(
         ));
     }
     procs::pin_thread(None);
-    for pid in [raw.pid(), daemon_pid] {
+    for pid in [raw_pid, daemon_pid] {
         procs::pin_process(pid, None);
     }
     for procs_n in [1usize, 4] {

@@ -68,8 +68,11 @@ const ON_SOCKET: u64 = u64::MAX;
 
 /// How long a waiter spins before it starts yielding its core.
 const SPIN: Duration = Duration::from_micros(5);
-/// How long a waiter spins and yields in all before it sleeps on the socket.
+/// How long a waiter spins and yields in all before it sleeps on the socket (at most:
+/// see [`Spinner`]).
 const SPIN_AND_YIELD: Duration = Duration::from_micros(50);
+/// A budget below this is no budget.
+const MIN_SPIN: Duration = Duration::from_micros(2);
 
 fn garbage(reason: impl Into<String>) -> ProtocolError {
     ProtocolError::Malformed {
@@ -256,23 +259,60 @@ impl<M: Deref<Target = [AtomicU64]>> Region<M> {
     }
 }
 
-/// Spins on `check` for [`SPIN`], then spins and yields the core up to
-/// [`SPIN_AND_YIELD`] in all; `None` if nothing came in that time.
-pub(crate) fn spin<T, E>(mut check: impl FnMut() -> Result<Option<T>, E>) -> Result<Option<T>, E> {
-    let start = Instant::now();
-    loop {
-        for _ in 0..32 {
-            if let Some(found) = check()? {
-                return Ok(Some(found));
+/// How long a side spins before sleeping, adapted to what spinning brought lately. A
+/// wait the peer answered while spinning restores the full budget; one that ended in
+/// sleep anyway halves it, down to none after a few. That is what makes two processes
+/// on one core (where the peer cannot run while this side spins) sleep at once instead
+/// of burning their shared core, and an idle-between-calls peer cost no spinning; every
+/// 16th wait without a budget spins briefly again, to notice when spinning pays again.
+pub(crate) struct Spinner {
+    budget: Duration,
+    waits_without: u32,
+}
+
+impl Spinner {
+    pub(crate) fn new() -> Self {
+        Spinner {
+            budget: SPIN_AND_YIELD,
+            waits_without: 0,
+        }
+    }
+
+    /// Spins on `check` for up to [`SPIN`], then spins and yields the core, for the
+    /// current budget in all; `None` if nothing came in that time (then sleep).
+    pub(crate) fn spin<T, E>(
+        &mut self,
+        mut check: impl FnMut() -> Result<Option<T>, E>,
+    ) -> Result<Option<T>, E> {
+        let budget = if self.budget.is_zero() {
+            self.waits_without = self.waits_without.wrapping_add(1);
+            if self.waits_without % 16 != 0 {
+                return check();
             }
-            std::hint::spin_loop();
-        }
-        let spent = start.elapsed();
-        if spent >= SPIN_AND_YIELD {
-            return Ok(None);
-        }
-        if spent >= SPIN {
-            std::thread::yield_now();
+            SPIN
+        } else {
+            self.budget
+        };
+        let start = Instant::now();
+        loop {
+            for _ in 0..32 {
+                if let Some(found) = check()? {
+                    self.budget = SPIN_AND_YIELD;
+                    return Ok(Some(found));
+                }
+                std::hint::spin_loop();
+            }
+            let spent = start.elapsed();
+            if spent >= budget {
+                self.budget /= 2;
+                if self.budget < MIN_SPIN {
+                    self.budget = Duration::ZERO;
+                }
+                return Ok(None);
+            }
+            if spent >= SPIN {
+                std::thread::yield_now();
+            }
         }
     }
 }
@@ -304,6 +344,7 @@ impl From<FrameError> for WaitError {
 pub(crate) struct ClientEnd<M> {
     region: Region<M>,
     seq: u64,
+    spinner: Spinner,
 }
 
 impl<M: Deref<Target = [AtomicU64]>> ClientEnd<M> {
@@ -312,6 +353,7 @@ impl<M: Deref<Target = [AtomicU64]>> ClientEnd<M> {
         Ok(ClientEnd {
             region: Region::open(mem)?,
             seq: 0,
+            spinner: Spinner::new(),
         })
     }
 
@@ -343,7 +385,11 @@ impl<M: Deref<Target = [AtomicU64]>> ClientEnd<M> {
         }
         let region = &self.region;
         // The sleeping path reads a reply frame that wakes it: it returns `Slot`.
-        let found = match spin(|| region.take_reply(seq, out)).map_err(WaitError::Protocol)? {
+        let found = match self
+            .spinner
+            .spin(|| region.take_reply(seq, out))
+            .map_err(WaitError::Protocol)?
+        {
             Some(found) => found,
             None => self.sleep_for_reply(socket, &wait_readable, deadline, max_frame, out)?,
         };
@@ -433,6 +479,7 @@ pub(crate) struct DaemonEnd<M> {
     /// worth spinning for (a client that uses the socket, such as the async client,
     /// would only make the daemon spin in vain).
     spin: bool,
+    spinner: Spinner,
 }
 
 impl<M: Deref<Target = [AtomicU64]>> DaemonEnd<M> {
@@ -442,6 +489,7 @@ impl<M: Deref<Target = [AtomicU64]>> DaemonEnd<M> {
             region: Region::init(mem),
             seq: 0,
             spin: true,
+            spinner: Spinner::new(),
         }
     }
 
@@ -461,7 +509,10 @@ impl<M: Deref<Target = [AtomicU64]>> DaemonEnd<M> {
         let region = &self.region;
         let last = self.seq;
         if socket.buffer().is_empty()
-            && spin(|| region.take_request(last, buf).map(|got| got.then_some(())))?.is_some()
+            && self
+                .spinner
+                .spin(|| region.take_request(last, buf).map(|got| got.then_some(())))?
+                .is_some()
         {
             self.seq = last.wrapping_add(1);
             return Ok(Some(Event::Slot));

@@ -418,3 +418,32 @@ fn latency() {
     drop(socket);
     daemon.join().unwrap().unwrap();
 }
+
+#[test]
+fn a_spinner_that_spins_in_vain_stops_spinning_and_probes_now_and_then() {
+    let mut spinner = Spinner::new();
+    let checks = std::cell::Cell::new(0u32);
+    let never = || -> Result<Option<()>, ()> {
+        checks.set(checks.get() + 1);
+        Ok(None)
+    };
+    // The budget halves from 50 µs to nothing in a handful of waits.
+    for _ in 0..6 {
+        assert_eq!(spinner.spin(never), Ok(None));
+    }
+    assert!(spinner.budget.is_zero());
+    // Without a budget a wait checks once, except every 16th, which spins again.
+    let mut spun = 0;
+    for _ in 0..32 {
+        let before = checks.get();
+        spinner.spin(never).unwrap();
+        if checks.get() - before > 1 {
+            spun += 1;
+        }
+    }
+    assert_eq!(spun, 2);
+    // A wait answered while spinning restores the full budget.
+    spinner.waits_without = 15;
+    assert_eq!(spinner.spin(|| Ok::<_, ()>(Some(()))), Ok(Some(())));
+    assert_eq!(spinner.budget, SPIN_AND_YIELD);
+}
