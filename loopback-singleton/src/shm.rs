@@ -200,8 +200,14 @@ impl<M: Deref<Target = [AtomicU64]>> Region<M> {
     }
 
     /// Daemon: the request after request `last`, copied into `out`, if the client has
-    /// posted it. Any other sequence, or a length beyond the slot, is garbage.
-    pub(crate) fn take_request(&self, last: u64, out: &mut Vec<u8>) -> Result<bool, ProtocolError> {
+    /// posted it. Any other sequence, or a length beyond the slot, is garbage; one
+    /// beyond `limit` (the daemon's frame limit) too large.
+    pub(crate) fn take_request(
+        &self,
+        last: u64,
+        limit: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, ProtocolError> {
         let seq = self.word(REQUEST_SEQ).load(Ordering::SeqCst);
         if seq == last {
             return Ok(false);
@@ -215,15 +221,23 @@ impl<M: Deref<Target = [AtomicU64]>> Region<M> {
                 "request of {len} bytes in a slot of {SLOT_BYTES}"
             )));
         }
+        if len > u64::from(limit) {
+            return Err(ProtocolError::FrameTooLarge {
+                len,
+                limit: limit.into(),
+            });
+        }
         self.read_slot(Side::Client, len as usize, out);
         Ok(true)
     }
 
     /// Client: the reply to request `seq`, if the daemon has posted it (copied into
-    /// `out` when it is in the slot).
+    /// `out` when it is in the slot; one beyond `limit`, the client's frame limit, is
+    /// too large).
     pub(crate) fn take_reply(
         &self,
         seq: u64,
+        limit: u32,
         out: &mut Vec<u8>,
     ) -> Result<Option<Reply>, ProtocolError> {
         let posted = self.word(REPLY_SEQ).load(Ordering::SeqCst);
@@ -237,6 +251,12 @@ impl<M: Deref<Target = [AtomicU64]>> Region<M> {
         }
         match self.word(REPLY_LEN).load(Ordering::Relaxed) {
             ON_SOCKET => Ok(Some(Reply::Socket)),
+            len if len <= SLOT_BYTES as u64 && len > u64::from(limit) => {
+                Err(ProtocolError::FrameTooLarge {
+                    len,
+                    limit: limit.into(),
+                })
+            }
             len if len <= SLOT_BYTES as u64 => {
                 self.read_slot(Side::Daemon, len as usize, out);
                 Ok(Some(Reply::Slot))
@@ -387,7 +407,7 @@ impl<M: Deref<Target = [AtomicU64]>> ClientEnd<M> {
         // The sleeping path reads a reply frame that wakes it: it returns `Slot`.
         let found = match self
             .spinner
-            .spin(|| region.take_reply(seq, out))
+            .spin(|| region.take_reply(seq, max_frame, out))
             .map_err(WaitError::Protocol)?
         {
             Some(found) => found,
@@ -411,7 +431,7 @@ impl<M: Deref<Target = [AtomicU64]>> ClientEnd<M> {
         loop {
             region.going_to_sleep(Side::Client);
             if let Some(found) = region
-                .take_reply(self.seq, out)
+                .take_reply(self.seq, max_frame, out)
                 .map_err(WaitError::Protocol)?
             {
                 region.awake(Side::Client);
@@ -435,7 +455,7 @@ impl<M: Deref<Target = [AtomicU64]>> ClientEnd<M> {
             protocol::read_frame(socket, out, max_frame)?;
             if !out.is_empty() {
                 let mut slot = Vec::new();
-                return match region.take_reply(self.seq, &mut slot) {
+                return match region.take_reply(self.seq, max_frame, &mut slot) {
                     Ok(Some(Reply::Socket)) => Ok(Reply::Slot),
                     Err(error) => Err(WaitError::Protocol(error)),
                     Ok(_) => Err(WaitError::Protocol(ProtocolError::Unexpected(
@@ -511,7 +531,11 @@ impl<M: Deref<Target = [AtomicU64]>> DaemonEnd<M> {
         if socket.buffer().is_empty()
             && self
                 .spinner
-                .spin(|| region.take_request(last, buf).map(|got| got.then_some(())))?
+                .spin(|| {
+                    region
+                        .take_request(last, max_frame, buf)
+                        .map(|got| got.then_some(()))
+                })?
                 .is_some()
         {
             self.seq = last.wrapping_add(1);
@@ -519,7 +543,7 @@ impl<M: Deref<Target = [AtomicU64]>> DaemonEnd<M> {
         }
         loop {
             region.going_to_sleep(Side::Daemon);
-            if region.take_request(last, buf)? {
+            if region.take_request(last, max_frame, buf)? {
                 region.awake(Side::Daemon);
                 self.seq = last.wrapping_add(1);
                 self.spin = true;

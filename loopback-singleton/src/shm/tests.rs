@@ -447,3 +447,27 @@ fn a_spinner_that_spins_in_vain_stops_spinning_and_probes_now_and_then() {
     assert_eq!(spinner.spin(|| Ok::<_, ()>(Some(()))), Ok(Some(())));
     assert_eq!(spinner.budget, SPIN_AND_YIELD);
 }
+
+#[test]
+fn the_frame_limit_holds_in_the_slots_too() {
+    let words: Box<[AtomicU64]> = (0..REGION_BYTES / 8).map(|_| AtomicU64::new(0)).collect();
+    let region = Region::init(words);
+    region.post_request(1, &[7; 100]);
+    assert!(matches!(
+        region.take_request(0, 50, &mut Vec::new()),
+        Err(ProtocolError::FrameTooLarge {
+            len: 100,
+            limit: 50
+        })
+    ));
+    let mut out = Vec::new();
+    assert!(region.take_request(0, 100, &mut out).unwrap());
+    assert_eq!(out, [7; 100]);
+    region.post_reply(1, Some(&[9; 64]));
+    assert!(matches!(
+        region.take_reply(1, 63, &mut out),
+        Err(ProtocolError::FrameTooLarge { len: 64, limit: 63 })
+    ));
+    assert_eq!(region.take_reply(1, 64, &mut out), Ok(Some(Reply::Slot)));
+    assert_eq!(out, [9; 64]);
+}
