@@ -413,7 +413,7 @@ fn the_core_suites_pass_on_every_transport() {
         .parent()
         .unwrap()
         .to_path_buf();
-    for transport in [Transport::Unix] {
+    for transport in [Transport::Unix, Transport::SharedMemory] {
         for suite in SUITES {
             let Some(executable) = newest_test_executable(&deps, suite) else {
                 eprintln!(
