@@ -90,5 +90,9 @@ pub(super) async fn serve<S: Service>(mut stream: sys::AsyncStream, serving: &Se
             return;
         }
         buffers.trim();
+        // A client whose next call always arrives while this task spins would never
+        // let the thread go: tokio's cooperative budget makes it yield now and then,
+        // so other connections are served too.
+        tokio::task::consume_budget().await;
     }
 }
