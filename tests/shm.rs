@@ -296,3 +296,49 @@ fn scribble(region: &OwnedFd, round: u64) {
         libc::munmap(at, len);
     }
 }
+
+/// The daemon's context switches (all threads), from `/proc`.
+#[cfg(target_os = "linux")]
+fn context_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(count) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += count.trim().parse::<u64>().unwrap();
+            }
+        }
+    }
+    total
+}
+
+/// A connected shm client that makes no call costs the daemon no wake-up: it sleeps on
+/// the socket, not on a timer or a spin (a 100 ms liveness tick would show 10).
+#[cfg(target_os = "linux")]
+#[test]
+fn an_idle_shm_connection_wakes_the_daemon_up_for_nothing() {
+    let env = TestEnv::new("shm-idle");
+    let counter: CounterClient = env
+        .builder::<Counter>()
+        .transport(Transport::SharedMemory)
+        .idle_ttl(Duration::from_secs(600))
+        .connect(0)
+        .unwrap();
+    let pid = counter.pid().unwrap();
+    for _ in 0..100 {
+        counter.inc().unwrap();
+    }
+    // Past any spinning after the last call.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = context_switches(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let woke = context_switches(pid) - before;
+    assert!(woke < 5, "the idle daemon woke {woke} times in a second");
+    assert_eq!(counter.inc().unwrap(), 101);
+}
