@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestEnv, chmod, field, is_root, kill, output_within, raw, wait_gone};
 use loopback_singleton::{Error, Transport};
-use loopback_singleton_suite::{Counter, CounterClient};
+use loopback_singleton_suite::{Counter, CounterClient, Fragile, FragileClient};
 
 /// The transports every platform of these tests (Unix) has, and what the daemon says
 /// each connection uses.
@@ -199,6 +199,23 @@ fn the_daemon_listens_on_a_private_socket_and_removes_it_when_it_retires() {
     assert!(
         std::fs::symlink_metadata(&socket).is_err(),
         "a daemon that retires removes its socket"
+    );
+}
+
+#[test]
+fn a_daemon_that_fails_to_start_leaves_no_socket_file() {
+    let env = TestEnv::new("tr-failed");
+    let result: Result<FragileClient, Error> = env
+        .builder::<Fragile>()
+        .transport(Transport::Unix)
+        .connect("panic".to_string());
+    assert!(
+        matches!(result, Err(Error::StartFailed { .. })),
+        "{result:?}"
+    );
+    assert!(
+        std::fs::symlink_metadata(env.dir().join("daemon.sock")).is_err(),
+        "the failed daemon removed the socket it had bound"
     );
 }
 
@@ -401,20 +418,29 @@ fn a_peer_of_another_uid_on_the_unix_socket_is_refused_before_the_handshake() {
     counter.client().shutdown().unwrap();
 }
 
-/// The core integration suites (lifecycle, races, pipelines, the async client), rerun
-/// with `LOOPBACK_SINGLETON_TRANSPORT` set to each transport but TCP (which their own
-/// run covers): every client they make, in process or not, then uses it. Runs the
-/// suites' test executables that cargo built beside this one.
+/// The core integration suites (lifecycle, races, pipelines, the async client,
+/// single-instance applications), rerun with `LOOPBACK_SINGLETON_TRANSPORT` set to each
+/// transport but TCP (which their own run covers): every client they make, in process
+/// or not, then uses it. Runs the suites' test executables that cargo built beside this
+/// one, each with its test-name filters (none: all of it). `faults` is TCP-minded (a
+/// recorded port taken by another server), so only its race runs here.
 #[test]
 fn the_core_suites_pass_on_every_transport() {
-    const SUITES: [&str; 4] = ["lifecycle", "pipeline", "async_client", "single_instance"];
+    const SUITES: [(&str, &[&str]); 6] = [
+        ("lifecycle", &[]),
+        ("pipeline", &[]),
+        ("async_client", &[]),
+        ("single_instance", &[]),
+        ("processes", &[]),
+        ("faults", &["racing"]),
+    ];
     let deps = std::env::current_exe()
         .unwrap()
         .parent()
         .unwrap()
         .to_path_buf();
     for transport in [Transport::Unix, Transport::SharedMemory] {
-        for suite in SUITES {
+        for (suite, filters) in SUITES {
             let Some(executable) = newest_test_executable(&deps, suite) else {
                 eprintln!(
                     "skipping the {suite} suite on {transport}: its test executable is not \
@@ -426,7 +452,8 @@ fn the_core_suites_pass_on_every_transport() {
             let mut command = Command::new(&executable);
             command
                 .env("LOOPBACK_SINGLETON_TRANSPORT", transport.name())
-                .arg("--test-threads=2");
+                .arg("--test-threads=2")
+                .args(filters);
             let output = output_within(command, Duration::from_secs(300));
             let stdout = String::from_utf8_lossy(&output.stdout);
             assert!(
@@ -464,4 +491,42 @@ fn newest_test_executable(deps: &Path, suite: &str) -> Option<PathBuf> {
         })
         .max_by_key(|entry| entry.metadata().and_then(|m| m.modified()).ok())
         .map(|entry| entry.path())
+}
+
+/// The raw Auth frame's verdict for a client asking for `transport` over TCP: the
+/// postcard bytes `Verdict` starts with (variant indices).
+fn verdict_over_tcp(env: &TestEnv, transport: Transport) -> Vec<u8> {
+    let (port, secret) = raw::port_and_secret(&env.dir());
+    let mut stream = raw::connect(port);
+    let nonce = [9u8; 32];
+    let challenge = raw::hello(&mut stream, nonce);
+    let auth = raw::Auth {
+        proof: raw::proof(&secret, false, &nonce, &challenge.nonce),
+        schema: None,
+        init: None,
+        starter: None,
+        transport,
+    };
+    raw::send(&mut stream, &auth).unwrap();
+    raw::receive(&mut stream).unwrap()
+}
+
+#[test]
+fn a_transport_the_connection_cannot_have_is_rejected_with_a_reason() {
+    let env = TestEnv::new("tr-mismatch");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_eq!(
+        verdict_over_tcp(&env, Transport::Tcp)[0],
+        0,
+        "Welcome for a TCP client on the TCP socket"
+    );
+    for asked in [Transport::Unix, Transport::SharedMemory] {
+        let verdict = verdict_over_tcp(&env, asked);
+        // Verdict::Rejected (1), Rejection::Transport (3), then the reason.
+        assert_eq!(verdict[..2], [1, 3], "{asked} over TCP: {verdict:?}");
+        let reason = String::from_utf8_lossy(&verdict[3..]);
+        assert!(reason.contains(asked.name()), "{reason}");
+    }
+    assert_eq!(counter.inc().unwrap(), 1, "the daemon serves on");
+    counter.client().shutdown().unwrap();
 }

@@ -485,10 +485,20 @@ impl Report {
             .latency
             .iter()
             .map(|(label, raw, ours, tarpc)| (label.clone(), raw, ours, tarpc));
-        for (label, raw, ours, tarpc) in blocking_rows.chain(async_rows) {
+        // The blocking client over the unix transport, beside the same run's raw TCP and
+        // tarpc (its own raw baseline, the raw Unix socket, is in the table).
+        let unix_rows = self.transports.iter().filter_map(|row| {
+            let (_, _, _, tarpc) = self
+                .latency
+                .iter()
+                .find(|(label, ..)| *label == row.label)?;
+            let short = row.label.replace(" core", "");
+            Some((format!("unix {short}"), &row.raw_tcp, &row.unix, tarpc))
+        });
+        for (label, raw, ours, tarpc) in blocking_rows.chain(async_rows).chain(unix_rows) {
             for (what, pick) in [("median", 0), ("p99", 1)] {
                 let get = |s: &Stats| if pick == 0 { s.median } else { s.p99 } as f64;
-                let what = if label.starts_with("async") {
+                let what = if label.starts_with("async") || label.starts_with("unix") {
                     if pick == 0 { "p50" } else { "p99" }
                 } else {
                     what

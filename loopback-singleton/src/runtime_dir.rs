@@ -432,10 +432,19 @@ impl RuntimeDir {
             .map_err(|error| format!("cannot listen on {}: {error}", path.display())))
     }
 
-    /// Connects to the Unix socket `socket` of this directory (see
+    /// Removes the daemon's socket file (the caller holds the instance lock and bound it).
+    pub(crate) fn remove_socket(&self) {
+        let _ = self.remove(SOCKET);
+    }
+
+    /// Connects to the Unix socket `socket` of this directory within `timeout` (see
     /// `sys::connect_unix_at` for how a path too long for a socket address is handled).
-    pub(crate) fn connect_socket(&self, socket: &str) -> io::Result<sys::Stream> {
-        sys::connect_unix_at(&self.handle, &self.path, socket)
+    pub(crate) fn connect_socket(
+        &self,
+        socket: &str,
+        timeout: Duration,
+    ) -> io::Result<sys::Stream> {
+        sys::connect_unix_at(&self.handle, &self.path, socket, timeout)
     }
 
     /// Unpublishes the daemon `instance`: removes metadata and secret if the metadata
@@ -446,7 +455,7 @@ impl RuntimeDir {
             if metadata.instance == instance {
                 let _ = self.remove_stale();
                 if metadata.socket.as_deref() == Some(SOCKET) {
-                    let _ = self.remove(SOCKET);
+                    self.remove_socket();
                 }
             }
         }

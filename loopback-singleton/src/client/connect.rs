@@ -282,25 +282,31 @@ impl Inner {
             }
         };
         let path = endpoint.dir.path().join(socket);
-        let stream = endpoint.dir.connect_socket(socket).map_err(|source| {
-            let kind = source.kind();
-            if matches!(kind, ErrorKind::InvalidInput | ErrorKind::Unsupported) {
-                return unavailable(source.to_string());
-            }
-            let error = Error::io(
-                format!(
-                    "cannot connect to the daemon of `{}` at {}",
-                    self.name,
-                    path.display()
-                ),
-                source,
-            );
-            if matches!(kind, ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
-                DialError::Stale(error)
-            } else {
-                DialError::Busy(error)
-            }
-        })?;
+        let stream = endpoint
+            .dir
+            .connect_socket(socket, self.connect_timeout)
+            .map_err(|source| {
+                let kind = source.kind();
+                if matches!(kind, ErrorKind::InvalidInput | ErrorKind::Unsupported) {
+                    return unavailable(source.to_string());
+                }
+                let error = Error::io(
+                    format!(
+                        "cannot connect to the daemon of `{}` at {}",
+                        self.name,
+                        path.display()
+                    ),
+                    source,
+                );
+                // Refused: nobody listens any more (the daemon is exiting). A missing file
+                // under a live daemon is not stale state to clean up (the daemon may be
+                // retiring, which removes it, or someone deleted it): wait and look again.
+                if kind == ErrorKind::ConnectionRefused {
+                    DialError::Stale(error)
+                } else {
+                    DialError::Busy(error)
+                }
+            })?;
         // Only this user (or root) can put a socket in the private runtime directory;
         // the kernel's word on who listens on it is checked all the same.
         let me = sys::euid();

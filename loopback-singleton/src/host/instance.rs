@@ -84,7 +84,10 @@ impl Buffers {
 }
 
 /// Serves one authenticated connection; its guard counts it until this ends. An admin
-/// connection (no schema) gets ping, stats and shutdown only.
+/// connection (no schema) gets ping, stats and shutdown only. Every transport that
+/// exists today is served over the socket itself; one served another way (shared
+/// memory) branches off here on `admitted.transport`, which the front refuses until
+/// it exists (`front::refused_transport`).
 pub(super) async fn serve_connection<S: Service>(
     admitted: Admitted,
     instance: Rc<Mutex<Option<S>>>,

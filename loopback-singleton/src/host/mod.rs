@@ -248,6 +248,14 @@ fn start<S: Service>(
         }
         Err(error) => return Err(fail(ready, error.to_string())),
     };
+    // A start that fails from here leaves no socket file behind.
+    let bound = unix.is_some();
+    let fail = |ready: &mut ReadySender, reason: String| {
+        if bound {
+            dir.remove_socket();
+        }
+        fail(ready, reason)
+    };
     let shared = Arc::new(Shared {
         name: launch.name.clone(),
         pid: std::process::id(),

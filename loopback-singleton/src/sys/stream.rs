@@ -311,17 +311,22 @@ pub(crate) fn bind_unix_at(dir: &DirHandle, path: &Path, name: &str) -> io::Resu
 /// (`/proc/self/fd/<fd>/<name>`): the directory checked is the directory used, and its
 /// path may be of any length. Elsewhere the path is used, and one longer than
 /// `sun_path` holds (104 bytes on macOS and the BSDs) fails with `InvalidInput`.
-pub(crate) fn connect_unix_at(dir: &DirHandle, path: &Path, name: &str) -> io::Result<Stream> {
+/// A listener whose backlog is full makes the connect wait (on Linux) at most
+/// `timeout`, then fail with `WouldBlock`.
+pub(crate) fn connect_unix_at(
+    dir: &DirHandle,
+    path: &Path,
+    name: &str,
+    timeout: Duration,
+) -> io::Result<Stream> {
     #[cfg(unix)]
     {
-        unix::with_address(dir, path, name, |address| {
-            std::os::unix::net::UnixStream::connect(address)
-        })
-        .map(Stream::Unix)
+        unix::with_address(dir, path, name, |address| unix::connect(address, timeout))
+            .map(Stream::Unix)
     }
     #[cfg(not(unix))]
     {
-        let _ = (dir, path, name);
+        let _ = (dir, path, name, timeout);
         Err(no_unix_sockets())
     }
 }
@@ -345,7 +350,7 @@ pub(crate) fn is_socket_at(dir: &DirHandle, name: &str) -> io::Result<bool> {
 fn no_unix_sockets() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
-        "Unix-domain sockets are not supported on this platform; use the tcp transport",
+        "this platform has no Unix-domain sockets",
     )
 }
 
@@ -353,7 +358,9 @@ fn no_unix_sockets() -> io::Error {
 mod unix {
     use std::io;
     use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
     use std::path::{Path, PathBuf};
+    use std::time::Duration;
 
     use super::DirHandle;
 
@@ -397,6 +404,32 @@ mod unix {
             ));
         }
         call(&full)
+    }
+
+    /// Connects to the socket at `address` within `timeout`. Linux makes a connect to a
+    /// full backlog wait, bounded by the socket's send timeout, so that timeout is set
+    /// before connecting; elsewhere such a connect fails at once.
+    pub(super) fn connect(address: &Path, timeout: Duration) -> io::Result<UnixStream> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+            let socket = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::STREAM,
+                SocketFlags::CLOEXEC,
+                None,
+            )?;
+            let bound = Some(timeout.max(Duration::from_millis(1)));
+            sockopt::set_socket_timeout(&socket, sockopt::Timeout::Send, bound)?;
+            rustix::net::connect(&socket, &SocketAddrUnix::new(address)?)?;
+            sockopt::set_socket_timeout(&socket, sockopt::Timeout::Send, None)?;
+            Ok(UnixStream::from(socket))
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = timeout;
+            UnixStream::connect(address)
+        }
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
