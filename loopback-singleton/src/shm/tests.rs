@@ -384,8 +384,10 @@ fn a_hostile_client_in_another_process_gets_a_protocol_error() {
     );
 }
 
-/// Not a test: the raw round trip through the mechanism between two threads (on two
-/// cores when the machine has them), median and p99. Run with
+/// Not a test: the raw round trip through the mechanism between two threads, median
+/// and p99. Unpinned: where the scheduler puts the threads decides the figure (two
+/// cores: sub-microsecond; one: the sides take turns sleeping); the benchmark's shm
+/// rows are the pinned measurement. Run with
 /// `cargo test --release -p loopback-singleton shm::tests::latency -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement"]
