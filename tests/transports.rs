@@ -106,22 +106,16 @@ fn an_invalid_transport_in_the_environment_is_a_typed_error() {
 }
 
 #[test]
-fn shared_memory_is_refused_with_a_typed_error_until_it_exists() {
+fn shared_memory_is_chosen_by_the_builder() {
     let env = TestEnv::new("tr-shm");
-    let result = env
+    let counter: CounterClient = env
         .builder::<Counter>()
         .transport(Transport::SharedMemory)
-        .connect(0);
-    assert!(
-        matches!(
-            result,
-            Err(Error::TransportUnavailable {
-                transport: Transport::SharedMemory,
-                ..
-            })
-        ),
-        "{result:?}"
-    );
+        .connect(0)
+        .unwrap();
+    assert_eq!(counter.client().transport(), Transport::SharedMemory);
+    assert_eq!(counter.ping().unwrap().transport, Transport::SharedMemory);
+    assert_eq!(counter.inc().unwrap(), 1);
 }
 
 #[test]
@@ -445,7 +439,7 @@ fn the_core_suites_pass_on_every_transport() {
         .parent()
         .unwrap()
         .to_path_buf();
-    for transport in [Transport::Unix] {
+    for transport in [Transport::Unix, Transport::SharedMemory] {
         for (suite, filters) in SUITES {
             let Some(executable) = newest_test_executable(&deps, suite) else {
                 eprintln!(

@@ -18,6 +18,7 @@ mod procs;
 mod report;
 mod roles;
 mod service;
+mod shm;
 
 use std::io::Write;
 use std::path::Path;
@@ -29,7 +30,7 @@ use service::{BenchAsyncClient, BenchClient, INC};
 
 /// Sizes of the measurement, full or `--quick`.
 #[derive(Clone, Copy)]
-struct Plan {
+pub(crate) struct Plan {
     quick: bool,
     warmup: usize,
     samples: usize,
@@ -255,6 +256,15 @@ fn run(plan: &Plan, base: &Path) -> Report {
         procs::pin_process(pid, None);
     }
     drop((unix_client, raw_unix_stream, raw_unix));
+    // 1b. The shared-memory transport beside raw TCP.
+    shm::run(
+        plan,
+        base,
+        name,
+        (raw_port, raw.pid()),
+        daemon_pid,
+        &mut report,
+    );
     // Close the async connection before the idle footprint (no client connected): its
     // writer task shuts the socket and its reader sees the daemon close, but only while
     // the runtime runs.
@@ -522,7 +532,7 @@ fn run(plan: &Plan, base: &Path) -> Report {
 }
 
 /// Times `samples` calls after `warmup` untimed ones; nanoseconds per call.
-fn time_calls(warmup: usize, samples: usize, mut call: impl FnMut()) -> Vec<u64> {
+pub(crate) fn time_calls(warmup: usize, samples: usize, mut call: impl FnMut()) -> Vec<u64> {
     for _ in 0..warmup {
         call();
     }

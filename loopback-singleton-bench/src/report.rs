@@ -63,6 +63,19 @@ pub struct Report {
     pub crowd: Option<Crowd>,
     pub cold_parent: Option<Stats>,
     pub cold_child: Option<Stats>,
+    /// The shared-memory transport beside raw TCP (see `shm.rs`).
+    pub shm: Vec<ShmRow>,
+}
+
+/// One figure of the shared-memory section.
+pub enum ShmRow {
+    /// (pinning, raw TCP, shm small call).
+    Latency(String, Stats, Stats),
+    /// (clients, raw TCP calls/s, shm calls/s).
+    Throughput(String, f64, f64),
+    /// Context switches over `secs` of the daemon and of a connected shm client, both
+    /// idle.
+    Idle { daemon: u64, client: u64, secs: f64 },
 }
 
 pub fn micros(ns: u64) -> String {
@@ -139,6 +152,63 @@ impl Report {
             crowd: None,
             cold_parent: None,
             cold_child: None,
+            shm: Vec::new(),
+        }
+    }
+
+    /// The shared-memory transport's rows, if measured.
+    fn shm_markdown(&self, out: &mut String) {
+        if self.shm.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n**Shared-memory transport** (`Transport::SharedMemory`, blocking client; raw TCP \
+             measured in the same interleaved rounds; ratio to raw)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| small call | raw TCP | shm | ratio | target: shm median ≤ 2 µs cross-core |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        for row in &self.shm {
+            match row {
+                ShmRow::Latency(label, raw, shm) => {
+                    let _ = writeln!(
+                        out,
+                        "| {label}, median / p99 | {} / {} | {} / {} | {:.2}× | {} |",
+                        micros(raw.median),
+                        micros(raw.p99),
+                        micros(shm.median),
+                        micros(shm.p99),
+                        shm.median as f64 / raw.median as f64,
+                        if label.starts_with("cross") {
+                            mark(shm.median <= 2_000)
+                        } else {
+                            ""
+                        },
+                    );
+                }
+                ShmRow::Throughput(label, raw, shm) => {
+                    let _ = writeln!(
+                        out,
+                        "| {label}, calls/s | {} | {} | {:.2}× | |",
+                        rate(*raw),
+                        rate(*shm),
+                        shm / raw,
+                    );
+                }
+                ShmRow::Idle {
+                    daemon,
+                    client,
+                    secs,
+                } => {
+                    let _ = writeln!(
+                        out,
+                        "| idle, context switches in {secs:.0} s | | daemon {daemon}, connected shm client {client} | | |"
+                    );
+                }
+            }
         }
     }
 
@@ -232,6 +302,8 @@ impl Report {
                 tarpc / raw,
             );
         }
+
+        self.shm_markdown(&mut out);
 
         if !self.async_latency.is_empty() || !self.async_throughput.is_empty() {
             let _ = writeln!(

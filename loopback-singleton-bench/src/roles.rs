@@ -41,6 +41,7 @@ pub fn run_role() -> bool {
     match role.as_str() {
         "raw-server" => raw_server(),
         "raw-unix-server" => raw_unix_server(),
+        "shm-idle" => crate::shm::idle_client(),
         "tarpc-server" => tarpc_server(),
         "raw-worker" => {
             pin_from_env();
@@ -145,11 +146,23 @@ fn current_thread() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Connects the crate's client to the benchmark daemon (never starts one).
+/// Connects the crate's client to the benchmark daemon (never starts one): over shared
+/// memory if `LSB_SHM` is set, else TCP.
 pub fn crate_connect() -> BenchClient {
+    let transport = if std::env::var_os(crate::shm::SHM_WORKER).is_some() {
+        loopback_singleton::Transport::SharedMemory
+    } else {
+        loopback_singleton::Transport::Tcp
+    };
+    crate_connect_with(transport)
+}
+
+/// [`crate_connect`] over `transport`.
+pub fn crate_connect_with(transport: loopback_singleton::Transport) -> BenchClient {
     BenchClient::builder()
         .runtime_dir(env("LOOPBACK_SINGLETON_DIR"))
         .name(env("LSB_NAME"))
+        .transport(transport)
         .connect(())
         .expect("connecting to the bench daemon")
 }

@@ -16,6 +16,7 @@ mod protocol;
 mod runtime_dir;
 mod schema;
 mod service;
+mod shm;
 mod single_instance;
 mod spawn;
 mod sys;

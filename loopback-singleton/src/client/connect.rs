@@ -441,6 +441,10 @@ impl Inner {
                 }));
             }
         };
+        let shm = match self.transport {
+            Transport::SharedMemory => Some(Box::new(self.take_region(&mut reader)?)),
+            _ => None,
+        };
         let stream = reader.get_ref();
         stream
             .set_read_timeout(self.call_timeout)
@@ -452,6 +456,7 @@ impl Inner {
             instance,
             max_frame,
             request_len: 0,
+            shm,
         })
     }
 

@@ -10,6 +10,7 @@ pub(crate) mod async_client;
 mod builder;
 mod connect;
 mod pool;
+mod shm;
 
 pub use builder::Builder;
 
@@ -194,14 +195,10 @@ impl<S: Service> Client<S> {
             reason: reason.into(),
         };
         match transport {
-            Transport::Unix if !crate::sys::UNIX_SOCKETS => {
+            Transport::Unix | Transport::SharedMemory if !crate::sys::UNIX_SOCKETS => {
                 return Err(unavailable(
-                    "this platform has no Unix-domain sockets; use tcp",
-                ));
-            }
-            Transport::SharedMemory => {
-                return Err(unavailable(
-                    "shared memory is not implemented in this build; use tcp or unix",
+                    "this platform has no Unix-domain sockets (which shared memory is set \
+                     up over); use tcp",
                 ));
             }
             _ => {}

@@ -27,6 +27,8 @@ pub(super) struct Connection {
     pub(super) max_frame: u32,
     /// Length of the last request sent from `buf` (its reply has replaced it since).
     pub(super) request_len: usize,
+    /// The shared region, on a connection of the shm transport.
+    pub(super) shm: Option<Box<super::shm::ShmLink>>,
 }
 
 pub(super) struct Inner {
@@ -102,6 +104,9 @@ impl Inner {
     /// Sends the frame in `connection.buf` and reads the reply into the same buffer;
     /// returns where the reply's body starts.
     pub(super) fn round_trip(&self, connection: &mut Connection, id: u64) -> Result<usize, Error> {
+        if Self::through_region(connection) {
+            return self.shm_round_trip(connection, id);
+        }
         let Connection { reader, buf, .. } = connection;
         reader
             .get_ref()
@@ -126,8 +131,15 @@ impl Inner {
 
     /// Reads the reply to call `id` into `connection.buf`; returns where its body starts.
     pub(super) fn read_reply(&self, connection: &mut Connection, id: u64) -> Result<usize, Error> {
-        let Connection { reader, buf, .. } = connection;
-        match protocol::read_frame(reader, buf, self.max_frame) {
+        let Connection {
+            reader, buf, shm, ..
+        } = connection;
+        // An shm connection's socket may also carry doorbells (empty frames).
+        let read = match shm {
+            Some(_) => crate::shm::next_frame(reader, buf, self.max_frame),
+            None => protocol::read_frame(reader, buf, self.max_frame),
+        };
+        match read {
             Ok(()) => {}
             Err(FrameError::Io(error)) => return Err(self.lost(error)),
             Err(FrameError::Protocol(error)) => return Err(Error::Protocol(error)),

@@ -209,9 +209,8 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
 /// `arrived_on` cannot be served, if it cannot.
 fn refused_transport(asked: Transport, arrived_on: Transport) -> Option<String> {
     match asked {
-        Transport::SharedMemory => {
-            Some("this daemon does not serve the shm transport yet; use tcp or unix".into())
-        }
+        // Shared memory is set up over the Unix socket.
+        Transport::SharedMemory if arrived_on == Transport::Unix => None,
         asked if asked != arrived_on => Some(format!(
             "a client asking for the {asked} transport connected over {arrived_on}"
         )),

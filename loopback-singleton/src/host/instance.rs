@@ -65,15 +65,15 @@ pub(super) fn instance_thread<S: Service>(
 
 /// Per-connection buffers, reused across calls.
 pub(super) struct Buffers {
-    input: Vec<u8>,
-    output: Vec<u8>,
+    pub(super) input: Vec<u8>,
+    pub(super) output: Vec<u8>,
 }
 
 impl Buffers {
     /// Keeps one huge payload from pinning its memory for the connection's lifetime,
     /// but keeps a big buffer while messages still fill a good part of it: dropping it
     /// after every large call cost a fresh allocation and its page faults per call.
-    fn trim(&mut self) {
+    pub(super) fn trim(&mut self) {
         const KEEP: usize = 64 << 10;
         for buf in [&mut self.input, &mut self.output] {
             if buf.capacity() > 16 * KEEP && buf.len() < buf.capacity() / 4 {
@@ -99,6 +99,15 @@ pub(super) async fn serve_connection<S: Service>(
         transport,
     } = admitted;
     if let Ok(stream) = stream.into_async() {
+        if transport == Transport::SharedMemory {
+            let serving = Serving {
+                instance: &instance,
+                shared: &guard.0,
+                admin,
+                transport,
+            };
+            return super::shm::serve(stream, &serving).await;
+        }
         let (reader, writer) = stream.into_split();
         let _ = connection_loop(reader, writer, &instance, &guard.0, admin, transport).await;
     }
@@ -116,6 +125,12 @@ pub(super) async fn connection_loop<S: Service>(
     let mut buffers = Buffers {
         input: Vec::with_capacity(4096),
         output: Vec::with_capacity(4096),
+    };
+    let serving = Serving {
+        instance,
+        shared,
+        admin,
+        transport,
     };
     let outcome = loop {
         let Buffers { input, output } = &mut buffers;
@@ -145,6 +160,56 @@ pub(super) async fn connection_loop<S: Service>(
             writer.write_all(output).await.map_err(drop)?;
             output.clear();
         }
+        serving
+            .answer(id, kind, body, bytes_in, read_at, output)
+            .await;
+        // Pipelined calls: while the next request is already complete in the read
+        // buffer, it runs at once and its reply joins this one, so a batch of calls is
+        // answered with one write instead of one per call. Nothing here waits on the
+        // socket or on another connection.
+        if output.len() < 64 << 10 && protocol::holds_frame(reader.buffer()) {
+            continue;
+        }
+        writer.write_all(output).await.map_err(drop)?;
+        buffers.trim();
+        buffers.output.clear();
+    };
+    // The replies of pipelined requests that came before a violation still go out:
+    // those calls ran.
+    if !buffers.output.is_empty() {
+        let _ = writer.write_all(&buffers.output).await;
+    }
+    outcome
+}
+
+/// What answering a request on a connection needs.
+pub(super) struct Serving<'a, S> {
+    pub(super) instance: &'a Mutex<Option<S>>,
+    pub(super) shared: &'a Shared,
+    /// No schema: ping, stats and shutdown only.
+    pub(super) admin: bool,
+    /// The connection's transport (what a ping reports).
+    pub(super) transport: Transport,
+}
+
+impl<S: Service> Serving<'_, S> {
+    /// Answers request `id` of `kind` (its frame was `bytes_in` bytes, read at
+    /// `read_at`) by appending the reply frame to `output`.
+    pub(super) async fn answer(
+        &self,
+        id: u64,
+        kind: protocol::Kind,
+        body: &[u8],
+        bytes_in: usize,
+        read_at: Instant,
+        output: &mut Vec<u8>,
+    ) {
+        let Serving {
+            instance,
+            shared,
+            admin,
+            transport,
+        } = *self;
         let start = output.len();
         match kind {
             protocol::Kind::Call if admin => {
@@ -186,23 +251,7 @@ pub(super) async fn connection_loop<S: Service>(
             }
         }
         protocol::close_frame(output, start);
-        // Pipelined calls: while the next request is already complete in the read
-        // buffer, it runs at once and its reply joins this one, so a batch of calls is
-        // answered with one write instead of one per call. Nothing here waits on the
-        // socket or on another connection.
-        if output.len() < 64 << 10 && protocol::holds_frame(reader.buffer()) {
-            continue;
-        }
-        writer.write_all(output).await.map_err(drop)?;
-        buffers.trim();
-        buffers.output.clear();
-    };
-    // The replies of pipelined requests that came before a violation still go out:
-    // those calls ran.
-    if !buffers.output.is_empty() {
-        let _ = writer.write_all(&buffers.output).await;
     }
-    outcome
 }
 
 /// Runs one call on the instance and appends the reply (minus its length) to `output`:

@@ -25,6 +25,7 @@ mod hook;
 mod instance;
 mod log;
 mod metrics;
+mod shm;
 
 pub(crate) use background::{Background, start_background};
 pub use hook::daemon_hook;

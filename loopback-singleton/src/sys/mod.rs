@@ -4,8 +4,9 @@
 //! taken over by it, detaching, signals, limits.
 //!
 //! One file per platform family: [`unix`] (Linux, macOS, the BSDs) and `other` (what
-//! the rest can do: hosting a service, not auto-starting one). Imports nothing of the
-//! crate.
+//! the rest can do: hosting a service, not auto-starting one); one per facility that
+//! spans families: `stream` (TCP and Unix sockets) and `shm` (shared regions). Imports
+//! nothing of the crate.
 
 use std::path::PathBuf;
 
@@ -21,6 +22,9 @@ pub(crate) use other::*;
 
 mod stream;
 pub(crate) use stream::*;
+
+mod shm;
+pub(crate) use shm::*;
 
 /// What `fstat` says about a file, as far as trust is concerned.
 #[derive(Debug, Clone, Copy)]
