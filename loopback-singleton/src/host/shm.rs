@@ -37,7 +37,7 @@ pub(super) async fn serve<S: Service>(mut stream: sys::AsyncStream, serving: &Se
         let (mapping, fd) = match sys::create_region(shm::REGION_BYTES) {
             Ok(region) => region,
             Err(error) => {
-                log(&format!("cannot create a shared-memory region: {error}"));
+                log::emit(|| tracing::error!(%error, "cannot create a shared-memory region"));
                 let _ = stream.send_region(None).await;
                 return;
             }
@@ -61,7 +61,7 @@ pub(super) async fn serve<S: Service>(mut stream: sys::AsyncStream, serving: &Se
             Ok(Some(event)) => event,
             Ok(None) => return,
             Err(error) => {
-                log(&format!("closing a shared-memory connection: {error}"));
+                log::emit(|| tracing::warn!(%error, "closing a shared-memory connection"));
                 return;
             }
         };
@@ -69,7 +69,7 @@ pub(super) async fn serve<S: Service>(mut stream: sys::AsyncStream, serving: &Se
         let (id, kind, body) = match protocol::split_request(input) {
             Ok(header) => header,
             Err(error) => {
-                log(&format!("closing a shared-memory connection: {error}"));
+                log::emit(|| tracing::warn!(%error, "closing a shared-memory connection"));
                 return;
             }
         };
