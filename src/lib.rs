@@ -92,7 +92,22 @@ impl Counter {
 
 /// A service whose constructor can be told to fail: `"panic"` panics, `"error"`
 /// returns an error, `"slow"` takes 1.5 s, anything else succeeds at once.
-pub struct Fragile;
+pub struct Fragile {
+    /// Says goodbye on stdout when dropped (mode `loud`).
+    loud: bool,
+}
+
+impl Drop for Fragile {
+    fn drop(&mut self) {
+        if self.loud {
+            use std::io::Write;
+            // The last words of a service, the second without a line end.
+            println!("dropped, state saved");
+            print!("goodbye");
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
 
 #[local_singleton(name = "suite-fragile")]
 impl Fragile {
@@ -104,9 +119,10 @@ impl Fragile {
             "error" => Err("no configuration found".to_string()),
             "slow" => {
                 std::thread::sleep(std::time::Duration::from_millis(1500));
-                Ok(Fragile)
+                Ok(Fragile { loud: false })
             }
-            _ => Ok(Fragile),
+            "loud" => Ok(Fragile { loud: true }),
+            _ => Ok(Fragile { loud: false }),
         }
     }
 

@@ -227,3 +227,20 @@ fn what_a_spawned_daemon_prints_becomes_events_of_its_log() {
         );
     }
 }
+
+#[test]
+fn what_a_spawned_daemon_prints_as_it_exits_reaches_its_log() {
+    let env = TestEnv::new("logdrop");
+    let fragile: FragileClient = env.builder::<Fragile>().connect("loud".into()).unwrap();
+    fragile.hello().unwrap();
+    // `shutdown` returns once the process is gone: whatever reached the log is there.
+    fragile.shutdown().unwrap();
+    let log = read_log(&env, "daemon.log");
+    for last_words in ["dropped, state saved", "goodbye"] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains(" WARN stdio: ") && line.ends_with(last_words)),
+            "{last_words:?} is missing from the log:\n{log}"
+        );
+    }
+}

@@ -24,6 +24,7 @@ pub fn daemon_hook<S: Service>() {
             101
         },
     );
+    log::finish_daemon();
     std::process::exit(code);
 }
 

@@ -187,12 +187,43 @@ pub(super) fn install_daemon(log: Dispatch) {
     }));
     sys::daemon_stdio(|pipe| {
         let log = log.clone();
-        std::thread::Builder::new()
+        let forwarder = std::thread::Builder::new()
             .name("loopback-singleton-stdio".into())
-            .spawn(move || tracing::dispatcher::with_default(&log, || forward_lines(pipe)))
-            .map(drop)
+            .spawn(move || tracing::dispatcher::with_default(&log, || forward_lines(pipe)))?;
+        *STDIO_FORWARDER
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(forwarder);
+        Ok(())
     });
     set(Some(log));
+}
+
+/// The thread turning a spawned daemon's stdout and stderr into events.
+static STDIO_FORWARDER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+
+/// How long an exiting daemon waits for the last lines it printed to reach its log. A
+/// child process of the service may hold the pipe open for ever: the wait is bounded.
+const STDIO_DRAIN: Duration = Duration::from_millis(500);
+
+/// Before a spawned daemon exits: lets what it printed last (in `Drop`, say) reach the
+/// log. Its stdout and stderr become `/dev/null`, which closes its ends of the pipe, and
+/// the forwarding thread gets a moment to read the rest and see the end.
+pub(super) fn finish_daemon() {
+    let Some(forwarder) = STDIO_FORWARDER
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .take()
+    else {
+        return;
+    };
+    sys::release_stdio();
+    let deadline = std::time::Instant::now() + STDIO_DRAIN;
+    while !forwarder.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if forwarder.is_finished() {
+        let _ = forwarder.join();
+    }
 }
 
 /// Turns what is written to `pipe` into one event per line (a line longer than 8 KiB

@@ -197,6 +197,8 @@ pub(crate) fn detach() -> io::Result<()> {
 
 pub(crate) fn daemon_stdio(_reader: impl FnOnce(File) -> io::Result<()>) {}
 
+pub(crate) fn release_stdio() {}
+
 /// No stop signals are listened to.
 pub(crate) struct StopSignals;
 

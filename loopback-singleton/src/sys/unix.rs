@@ -468,18 +468,30 @@ pub(crate) fn daemon_stdio(reader: impl FnOnce(File) -> io::Result<()>) {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let Ok((read, write)) = rustix::pipe::pipe() else {
+    // Close-on-exec from creation; the copies made onto 1 and 2 are not (dup2 clears
+    // the flag), so the service's own children inherit stdout and stderr as usual.
+    let Ok((read, write)) = cloexec_pipe() else {
         return;
     };
-    if rustix::io::fcntl_setfd(&read, rustix::io::FdFlags::CLOEXEC).is_err() {
-        return;
-    }
     if reader(File::from(read)).is_ok() {
         // SAFETY: dup2 onto the standard descriptors, which this process owns.
         unsafe {
             libc::dup2(write.as_raw_fd(), 1);
             libc::dup2(write.as_raw_fd(), 2);
         }
+    }
+}
+
+/// Points stdout and stderr at `/dev/null` (closing whatever they were, such as the
+/// write end of [`daemon_stdio`]'s pipe). Best effort.
+pub(crate) fn release_stdio() {
+    let Ok(null) = File::options().write(true).open("/dev/null") else {
+        return;
+    };
+    // SAFETY: dup2 onto the standard descriptors, which this process owns.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 1);
+        libc::dup2(null.as_raw_fd(), 2);
     }
 }
 
