@@ -530,3 +530,36 @@ fn a_transport_the_connection_cannot_have_is_rejected_with_a_reason() {
     assert_eq!(counter.inc().unwrap(), 1, "the daemon serves on");
     counter.client().shutdown().unwrap();
 }
+
+#[test]
+fn a_refused_socket_under_a_live_daemon_leaves_its_files_alone() {
+    // A connection refused on the socket of a daemon that still lives (a full listen
+    // queue on macOS and the BSDs, a daemon closing its listener as it retires) must not
+    // make its files stale: removing them would orphan the live daemon.
+    let env = TestEnv::new("tr-refused");
+    let tcp: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    tcp.inc().unwrap();
+    let pid = tcp.pid().unwrap();
+    // Where the daemon's socket was, a socket nobody listens on any more: connecting
+    // to it is refused, while the daemon lives on.
+    let socket = env.dir().join("daemon.sock");
+    std::fs::remove_file(&socket).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let refused = env
+        .builder::<Counter>()
+        .transport(Transport::Unix)
+        .start_timeout(Duration::from_millis(500))
+        .connect(0);
+    assert!(refused.is_err(), "nobody listens on the socket");
+    for file in ["metadata.json", "secret"] {
+        assert!(
+            env.dir().join(file).exists(),
+            "{file} of the live daemon was removed"
+        );
+    }
+    // A newcomer still finds the daemon, and its state.
+    let newcomer: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    assert_eq!(newcomer.pid().unwrap(), pid);
+    assert_eq!(newcomer.inc().unwrap(), 2);
+    newcomer.client().shutdown().unwrap();
+}

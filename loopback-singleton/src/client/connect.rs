@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::protocol::{self, FrameError, ProtocolError, RemoteError, Secret, Transport};
-use crate::runtime_dir::{HeldLock, RuntimeDir};
+use crate::runtime_dir::{self, HeldLock, RuntimeDir};
 use crate::spawn::{self, SpawnError};
 use crate::sys::{self, Stream};
 
@@ -26,8 +26,8 @@ pub(super) struct Endpoint {
     pub(super) protocol: u16,
     /// For the daemon this client started: the token that tells it its starter came.
     pub(super) starter: Option<protocol::Nonce>,
-    /// Its Unix socket, if it has one: a name in `dir`.
-    pub(super) socket: Option<String>,
+    /// Whether it listens on its Unix socket (`runtime_dir::SOCKET` in `dir`).
+    pub(super) socket: bool,
     /// The runtime directory the metadata was read from (and checked), through which
     /// the socket is reached.
     pub(super) dir: RuntimeDir,
@@ -181,7 +181,7 @@ impl Inner {
         let socket = dir
             .read_metadata()?
             .filter(|metadata| metadata.instance == instance)
-            .and_then(|metadata| metadata.socket);
+            .is_some_and(|metadata| metadata.socket.is_some());
         let endpoint = Endpoint {
             port,
             secret,
@@ -229,11 +229,18 @@ impl Inner {
             instance: metadata.instance,
             protocol: metadata.protocol,
             starter: None,
-            socket: metadata.socket,
+            socket: metadata.socket.is_some(),
             dir: dir.clone(),
         };
         match self.dial(&endpoint) {
             Ok(connection) => Probe::Found(connection, endpoint),
+            // Whatever the socket said, files of a process that still lives are not stale:
+            // cleaning them would orphan a live daemon that keeps the instance lock (a
+            // refused connection can be a full listen queue on macOS and the BSDs, or a
+            // daemon closing its listener as it retires). Wait for it instead.
+            Err(DialError::Stale(error)) if runtime_dir::daemon_alive(&metadata) => {
+                Probe::Busy(error)
+            }
             Err(DialError::Stale(_)) => Probe::Absent,
             Err(DialError::Busy(error)) => Probe::Busy(error),
             Err(DialError::Fatal(error)) => Probe::Fatal(error),
@@ -251,17 +258,17 @@ impl Inner {
             })
         };
         let socket = match self.transport {
-            Transport::Unix | Transport::SharedMemory => match &endpoint.socket {
-                Some(socket) => socket,
-                None => {
-                    return Err(unavailable(format!(
-                        "the running daemon (pid {}) listens on no Unix socket (its log, {}, \
-                         says why, or it predates the unix transport)",
-                        endpoint.pid,
-                        endpoint.dir.log_path().display()
-                    )));
-                }
-            },
+            // The metadata says whether the daemon listens on a socket, not where: a name
+            // read from a file is never made into a path.
+            Transport::Unix | Transport::SharedMemory if endpoint.socket => runtime_dir::SOCKET,
+            Transport::Unix | Transport::SharedMemory => {
+                return Err(unavailable(format!(
+                    "the running daemon (pid {}) listens on no Unix socket (its log, {}, \
+                     says why, or it predates the unix transport)",
+                    endpoint.pid,
+                    endpoint.dir.log_path().display()
+                )));
+            }
             _ => {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, endpoint.port));
                 return TcpStream::connect_timeout(&addr, self.connect_timeout)
