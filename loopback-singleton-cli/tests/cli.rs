@@ -262,8 +262,12 @@ fn stop_kills_a_hung_daemon_within_its_timeout_and_cleans_up() {
         wait_gone(pid, Duration::from_secs(5)),
         "pid {pid} still runs"
     );
-    assert!(!env.metadata(&name).exists());
-    assert!(!env.base.join(&name).join("secret").exists());
+    for file in ["metadata.json", "secret", "daemon.sock"] {
+        assert!(
+            std::fs::symlink_metadata(env.base.join(&name).join(file)).is_err(),
+            "{file} left behind"
+        );
+    }
     drop(client);
 }
 

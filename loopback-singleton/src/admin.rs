@@ -147,8 +147,8 @@ impl Daemon {
     }
 
     /// Stops the daemon: a shutdown request, then waiting for the process to end until
-    /// `timeout`; past it, or at once with `force`, SIGKILL and removal of its metadata
-    /// and secret.
+    /// `timeout`; past it, or at once with `force`, SIGKILL and removal of its metadata,
+    /// secret and socket.
     pub fn stop(&self, timeout: Duration, force: bool) -> Result<Stopped, Error> {
         let Some(metadata) = self.dir.live_daemon()? else {
             self.remove_files_of(None)?;
@@ -183,8 +183,8 @@ impl Daemon {
         Ok(Stopped::Killed)
     }
 
-    /// Removes metadata and secret if they still belong to `instance` (or, with `None`,
-    /// to no live daemon): a successor's files are never touched.
+    /// Removes metadata, secret and socket if they still belong to `instance` (or, with
+    /// `None`, to no live daemon): a successor's files are never touched.
     fn remove_files_of(&self, instance: Option<u64>) -> Result<(), Error> {
         let stale = match self.dir.read_metadata() {
             Ok(Some(metadata)) => match instance {
@@ -195,11 +195,16 @@ impl Daemon {
             Err(error @ Error::RuntimeDir { .. }) => return Err(error),
             Err(_) => true,
         };
-        if stale {
-            self.dir.remove_stale()
-        } else {
-            Ok(())
+        if !stale {
+            return Ok(());
         }
+        self.dir.remove_stale()?;
+        // The socket goes only if no host holds the name: a successor binds its socket
+        // under the instance lock, before it publishes its metadata.
+        if let Ok(_free) = self.dir.lock_instance(Duration::ZERO) {
+            self.dir.remove_socket();
+        }
+        Ok(())
     }
 
     fn live(&self) -> Result<Metadata, Error> {
