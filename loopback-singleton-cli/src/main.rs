@@ -585,16 +585,25 @@ fn logs(base: &Path, name: &str, follow: bool) -> Result<(), Failure> {
         return Err(not_running(base, name));
     };
     let path = daemon.log_path();
-    let mut file = std::fs::File::open(&path).map_err(|error| {
-        Failure(
-            format!("cannot open the log {}: {error}", path.display()),
-            if error.kind() == std::io::ErrorKind::NotFound {
-                NOT_RUNNING
-            } else {
-                FAILED
-            },
-        )
-    })?;
+    // Through the checked directory: a link planted there is not followed, a pipe not
+    // waited on.
+    let open = |old| daemon.open_log(old).map_err(Failure::from);
+    let Some(mut file) = open(false)? else {
+        return Err(Failure(
+            format!("there is no log at {}", path.display()),
+            NOT_RUNNING,
+        ));
+    };
+    // The log before the last rotation first: it holds the start of the story.
+    if let Some(mut old) = open(true)? {
+        let mut buf = Vec::new();
+        old.read_to_end(&mut buf)
+            .map_err(|error| Failure(format!("reading {}.1: {error}", path.display()), FAILED))?;
+        let mut stdout = std::io::stdout().lock();
+        if stdout.write_all(&buf).is_err() {
+            return Ok(());
+        }
+    }
     let mut stdout = std::io::stdout().lock();
     let mut buf = Vec::new();
     let mut position = 0u64;
@@ -625,7 +634,7 @@ fn logs(base: &Path, name: &str, follow: bool) -> Result<(), Failure> {
         // the last read first, then the new file from its start. (A file rotated out
         // and over within one pause is missed.)
         if rotated(&file, &path, position) {
-            if let Ok(new) = std::fs::File::open(&path) {
+            if let Ok(Some(new)) = daemon.open_log(false) {
                 next = Some(new);
                 continue;
             }
@@ -641,7 +650,7 @@ fn logs(base: &Path, name: &str, follow: bool) -> Result<(), Failure> {
 #[cfg(unix)]
 fn rotated(file: &std::fs::File, path: &Path, _position: u64) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::metadata(path)) {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
         (Ok(open), Ok(named)) => (open.dev(), open.ino()) != (named.dev(), named.ino()),
         _ => false,
     }
@@ -651,5 +660,5 @@ fn rotated(file: &std::fs::File, path: &Path, _position: u64) -> bool {
 /// file identities, a file at `path` shorter than what was read is a new one.
 #[cfg(not(unix))]
 fn rotated(_file: &std::fs::File, path: &Path, position: u64) -> bool {
-    std::fs::metadata(path).is_ok_and(|named| named.len() < position)
+    std::fs::symlink_metadata(path).is_ok_and(|named| named.len() < position)
 }

@@ -316,6 +316,34 @@ fn logs_prints_the_start_line() {
 }
 
 #[test]
+fn logs_refuses_a_pipe_or_link_planted_as_the_log_instead_of_hanging() {
+    let env = Env::new("logsfifo");
+    let name = env.name("c");
+    let client = env.counter(&name);
+    let log = env.base.join(&name).join("daemon.log");
+    let elsewhere = env.base.join("elsewhere.txt");
+    std::fs::write(&elsewhere, "not the daemon's log\n").unwrap();
+    for plant in ["fifo", "symlink"] {
+        std::fs::remove_file(&log).unwrap();
+        if plant == "fifo" {
+            let path = std::ffi::CString::new(log.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        } else {
+            std::os::unix::fs::symlink(&elsewhere, &log).unwrap();
+        }
+        // Opening a pipe with no writer would wait for ever; a link would be followed.
+        let output = env.run(&["logs", &name], LIMIT);
+        assert!(!output.status.success(), "{plant}: {output:?}");
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("not the daemon's log"),
+            "{plant}: {output:?}"
+        );
+    }
+    drop(client);
+}
+
+#[test]
 fn stats_counts_calls_per_method_and_zero_resets() {
     let env = Env::new("stats");
     let name = env.name("c");

@@ -109,6 +109,13 @@ impl Daemon {
         self.dir.log_path()
     }
 
+    /// Opens the log to read it (`daemon.log`, or with `old` `daemon.log.1`), through
+    /// the checked directory: `Ok(None)` if there is none; an error if it is not a
+    /// regular file (a link is not followed, a pipe not waited on).
+    pub fn open_log(&self, old: bool) -> Result<Option<std::fs::File>, Error> {
+        self.dir.read_log(old)
+    }
+
     /// The published metadata, if any.
     pub fn published(&self) -> Result<Option<Published>, Error> {
         Ok(self.dir.read_metadata()?.map(|metadata| Published {

@@ -361,9 +361,40 @@ impl RuntimeDir {
         })
     }
 
-    /// Opens (appending, creating 0600) the daemon's log file.
+    /// Opens (appending, creating 0600) the daemon's log file, which must be a regular
+    /// file of ours: a planted device, pipe or socket is not written to.
     pub(crate) fn open_log(&self) -> io::Result<File> {
-        self.open_file(LOG, Access::Append)
+        let file = self.open_file(LOG, Access::Append)?;
+        let stat = sys::stat_file(&file)?;
+        if stat.kind != FileKind::File || stat.uid != sys::euid() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is not a regular file of yours",
+                    self.log_path().display()
+                ),
+            ));
+        }
+        Ok(file)
+    }
+
+    /// Opens the log (`daemon.log`, or with `old` the one before the last rotation) to
+    /// read it: `Ok(None)` if there is none; an [`Error::RuntimeDir`] if it is not a
+    /// regular file (opening never follows a link nor waits on a pipe).
+    pub(crate) fn read_log(&self, old: bool) -> Result<Option<File>, Error> {
+        let file = if old { OLD_LOG } else { LOG };
+        let path = self.display(file);
+        let opened = match self.open_file(file, Access::Read) {
+            Ok(opened) => opened,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(Error::io(format!("opening {}", path.display()), error)),
+        };
+        let stat = sys::stat_file(&opened)
+            .map_err(|error| Error::io(format!("inspecting {}", path.display()), error))?;
+        if stat.kind != FileKind::File {
+            return Err(refuse(&path, "it is not a regular file; remove it".into()));
+        }
+        Ok(Some(opened))
     }
 
     /// Renames the daemon's log to `daemon.log.1` (replacing an older one): the next

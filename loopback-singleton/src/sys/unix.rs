@@ -115,9 +115,12 @@ pub(crate) fn open_at(dir: &DirHandle, file: &str, access: Access) -> io::Result
     let flags = OFlags::NOFOLLOW
         | OFlags::CLOEXEC
         | match access {
-            Access::Read => OFlags::RDONLY,
+            // Non-blocking, so that a pipe planted where a file should be cannot make
+            // the open wait for a writer (or reader); callers then refuse what is not a
+            // regular file. Reads and writes of regular files do not block either way.
+            Access::Read => OFlags::RDONLY | OFlags::NONBLOCK,
             Access::Lock => OFlags::RDWR | OFlags::CREATE,
-            Access::Append => OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            Access::Append => OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NONBLOCK,
             Access::CreateNew => OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
         };
     let fd = rustix::fs::openat(dir, file, flags, Mode::from_raw_mode(0o600))?;
