@@ -9,7 +9,9 @@
 //! suite-client fragile MODE         # connect Fragile (ok|panic|error); prints "hello"
 //! suite-client limits [BUMP]        # connect Limits::standard(BUMP); prints "pid=P order=O"
 //! suite-client serve-limits         # prints "order=O", then hosts Limits::standard(None)
-//!                                   # itself (Service::serve) until shut down
+//!                                   # itself (Service::serve) until shut down, under an
+//!                                   # application `tracing` subscriber (stderr, all
+//!                                   # levels) that says "application event" once
 //! ```
 //! The singleton name comes from `SUITE_NAME`, the runtime dir from
 //! `LOOPBACK_SINGLETON_DIR`; `SUITE_TRANSPORT`, if set, is passed to
@@ -86,6 +88,15 @@ fn run() -> Result<(), loopback_singleton::Error> {
             let limits = Limits::standard(None);
             println!("order={}", Limits::order(&limits));
             std::io::stdout().flush().expect("stdout");
+            // The application's own subscriber: the host's events must not reach it.
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::fmt()
+                    .with_writer(std::io::stderr)
+                    .with_max_level(tracing::Level::TRACE)
+                    .finish(),
+            )
+            .expect("no subscriber yet");
+            tracing::info!("application event");
             let options = ServeOptions::default()
                 .name(name)
                 .idle_ttl(Some(Duration::from_secs(30)));
