@@ -252,6 +252,12 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
+/// The launcher forks the daemon and exits at once (see [`detach`]).
+pub(crate) const LAUNCHER_IS_DAEMON: bool = false;
+
+/// What the launcher reads the readiness report from: a pipe.
+pub(crate) type ReadyPipe = File;
+
 /// The descriptor of the readiness pipe in the daemon.
 const READY_FD: i32 = 3;
 /// The descriptor of the start lock the daemon holds until it has published itself.
@@ -270,7 +276,7 @@ pub(crate) fn spawn_with(
     command: &mut Command,
     title: &str,
     handover: Handover,
-) -> io::Result<(Child, File)> {
+) -> io::Result<(Child, ReadyPipe)> {
     command.arg0(title);
     let (read_end, write_end) = cloexec_pipe()?;
     // Descriptors 0-2 are replaced by /dev/null in the child before `pre_exec` runs: the
@@ -380,7 +386,7 @@ unsafe fn close_others_on_exec() {
 
 /// Waits until `file` has something to read (or its writer closed it); `false` when
 /// `timeout` passed first.
-pub(crate) fn wait_readable(file: &File, timeout: Duration) -> io::Result<bool> {
+pub(crate) fn wait_readable(file: &ReadyPipe, timeout: Duration) -> io::Result<bool> {
     let mut poll = libc::pollfd {
         fd: file.as_raw_fd(),
         events: libc::POLLIN,
@@ -421,13 +427,6 @@ pub(crate) fn take_inherited() -> Inherited {
         start_lock: take(LOCK_FD),
         launch: take(LAUNCH_FD),
     }
-}
-
-/// Removes an environment variable; only before `main`, while the process is
-/// single-threaded (nothing else can read the environment at the same time).
-pub(crate) fn remove_env_before_main(name: &str) {
-    // SAFETY: called from the pre-main hook, before any other thread exists.
-    unsafe { std::env::remove_var(name) }
 }
 
 /// The whole content of `file` from its first byte, whatever its offset (a file
@@ -479,6 +478,9 @@ pub(crate) fn daemon_stdio(log: io::Result<File>) {
 pub(crate) struct StopSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
 
 impl StopSignals {
+    /// What the host logs when one arrives.
+    pub(crate) const DESCRIPTION: &str = "SIGTERM or SIGINT";
+
     /// Starts listening (inside a tokio runtime).
     pub(crate) fn listen() -> Self {
         use tokio::signal::unix::{SignalKind, signal};

@@ -1,0 +1,366 @@
+//! Windows: paths instead of directory handles, process facts from
+//! `GetProcessTimes`/`GetExitCodeProcess`, and auto-start by re-executing the current
+//! executable as a detached process whose stdin carries the launch description and
+//! whose stdout carries the readiness report.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::windows::io::{AsRawHandle, FromRawHandle, IntoRawHandle};
+use std::os::windows::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use windows_sys::Win32::Foundation::{
+    CloseHandle, FILETIME, HANDLE, INVALID_HANDLE_VALUE, STILL_ACTIVE,
+};
+use windows_sys::Win32::System::Console::{
+    GetStdHandle, STD_ERROR_HANDLE, STD_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, SetStdHandle,
+};
+use windows_sys::Win32::System::Threading::{
+    CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, DETACHED_PROCESS, GetExitCodeProcess,
+    GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_TERMINATE,
+    TerminateProcess,
+};
+
+use super::{Access, FileKind, Handover, Inherited, Stat};
+
+/// A directory, by path.
+pub(crate) type DirHandle = PathBuf;
+
+fn stat_of(metadata: &std::fs::Metadata) -> Stat {
+    let kind = if metadata.file_type().is_symlink() {
+        FileKind::Symlink
+    } else if metadata.is_dir() {
+        FileKind::Dir
+    } else if metadata.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    };
+    // Reported private and ours: the ACLs are not inspected.
+    let mode = if kind == FileKind::Dir { 0o700 } else { 0o600 };
+    Stat {
+        uid: euid(),
+        mode,
+        kind,
+    }
+}
+
+pub(crate) fn euid() -> u32 {
+    0
+}
+
+pub(crate) fn stat_dir(dir: &DirHandle) -> io::Result<Stat> {
+    Ok(stat_of(&std::fs::metadata(dir)?))
+}
+
+pub(crate) fn stat_file(file: &File) -> io::Result<Stat> {
+    Ok(stat_of(&file.metadata()?))
+}
+
+pub(crate) fn lstat(path: &Path) -> io::Result<Stat> {
+    Ok(stat_of(&std::fs::symlink_metadata(path)?))
+}
+
+pub(crate) fn lstat_at(dir: &DirHandle, name: &str) -> io::Result<Stat> {
+    lstat(&dir.join(name))
+}
+
+/// The root of `path` (a drive, say).
+pub(crate) fn open_root(path: &Path) -> io::Result<DirHandle> {
+    Ok(path.ancestors().last().unwrap_or(path).to_path_buf())
+}
+
+pub(crate) fn open_dir_at(dir: &DirHandle, name: &OsStr) -> io::Result<DirHandle> {
+    Ok(dir.join(name))
+}
+
+pub(crate) fn open_workdir_at(dir: &DirHandle, name: &str) -> io::Result<DirHandle> {
+    Ok(dir.join(name))
+}
+
+pub(crate) fn mkdir_at(dir: &DirHandle, name: &str) -> io::Result<()> {
+    match std::fs::create_dir(dir.join(name)) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+pub(crate) fn open_cwd() -> io::Result<DirHandle> {
+    std::env::current_dir()
+}
+
+pub(crate) fn clone_handle(dir: &DirHandle) -> io::Result<DirHandle> {
+    Ok(dir.clone())
+}
+
+pub(crate) fn open_at(dir: &DirHandle, file: &str, access: Access) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    match access {
+        Access::Read => options.read(true),
+        Access::Lock => options.read(true).write(true).create(true).truncate(false),
+        Access::Append => options.append(true).create(true),
+        Access::CreateNew => options.read(true).write(true).create_new(true),
+    };
+    options.open(dir.join(file))
+}
+
+pub(crate) fn rename_at(dir: &DirHandle, from: &str, to: &str) -> io::Result<()> {
+    std::fs::rename(dir.join(from), dir.join(to))
+}
+
+pub(crate) fn remove_at(dir: &DirHandle, file: &str) -> io::Result<()> {
+    std::fs::remove_file(dir.join(file))
+}
+
+/// Whether a process has exited, and when it was created (100 ns units since 1601);
+/// `None` if there is no such process (or it cannot be inspected).
+fn process_facts(pid: u32) -> Option<(bool, u64)> {
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    let mut code = 0u32;
+    // SAFETY: a handle opened here is closed here; the out-pointers are valid locals.
+    let (times, status) = unsafe {
+        let handle = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if handle.is_null() {
+            return None;
+        }
+        let times = GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user);
+        let status = GetExitCodeProcess(handle, &mut code);
+        CloseHandle(handle);
+        (times, status)
+    };
+    if times == 0 {
+        return None;
+    }
+    let start = (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime);
+    Some((status != 0 && code != STILL_ACTIVE as u32, start))
+}
+
+/// The creation time of a live process, or `None` if no such process exists or it has
+/// exited (an exited process whose handle someone still holds is not live).
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    process_facts(pid)
+        .filter(|&(exited, _)| !exited)
+        .map(|(_, start)| start)
+}
+
+/// Whether a process has exited (or does not exist).
+pub(crate) fn process_exited(pid: u32) -> bool {
+    process_facts(pid).is_none_or(|(exited, _)| exited)
+}
+
+pub(crate) fn raise_fd_limit() {}
+
+/// Terminates `pid` at once (the CLI's `stop` of a daemon that does not retire).
+pub(crate) fn kill(pid: u32) -> io::Result<()> {
+    // SAFETY: a handle opened here is closed here.
+    unsafe {
+        let handle = OpenProcess(PROCESS_TERMINATE, 0, pid);
+        if handle.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let terminated = TerminateProcess(handle, 1);
+        let error = io::Error::last_os_error();
+        CloseHandle(handle);
+        if terminated == 0 { Err(error) } else { Ok(()) }
+    }
+}
+
+/// The launcher is the daemon itself: there is no fork to leave it by.
+pub(crate) const LAUNCHER_IS_DAEMON: bool = true;
+
+/// What the launcher reads the readiness report from: the daemon's stdout.
+pub(crate) type ReadyPipe = ChildStdout;
+
+/// Spawns `command` as a detached process (no console, its own process group, so that
+/// the console's Ctrl-C does not reach it) in the runtime directory, with stdin and
+/// stdout as pipes and stderr on `NUL`; returns the child and its stdout, which
+/// carries the readiness report. The launch description is written to its stdin by a
+/// helper thread (a program that never reads it only blocks that thread, until it is
+/// stopped at the start timeout).
+///
+/// Only the three standard handles are inherited: std creates every other handle
+/// non-inheritable, and makes the child's ends of these pipes inheritable only while
+/// it creates the process, under its own lock. The start lock is not handed over: a
+/// byte-range lock belongs to the process that took it, so the client keeps holding it
+/// until the daemon reports, and stops a daemon that did not report in time (see
+/// [`LAUNCHER_IS_DAEMON`]).
+pub(crate) fn spawn_with(
+    command: &mut Command,
+    _title: &str,
+    handover: Handover,
+) -> io::Result<(Child, ReadyPipe)> {
+    let Handover {
+        start_lock,
+        launch,
+        workdir,
+    } = handover;
+    drop(start_lock);
+    let launch = read_from_start(&launch)?;
+    command
+        .current_dir(&workdir)
+        .creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = command.spawn()?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    std::thread::Builder::new()
+        .name("loopback-singleton launch".into())
+        .spawn(move || {
+            // A daemon that died first closed its end: the readiness read says so.
+            let _ = stdin.write_all(&launch);
+        })?;
+    Ok((child, stdout))
+}
+
+/// Waits until `pipe` has something to read (or its writer closed it); `false` when
+/// `timeout` passed first. Anonymous pipes cannot be waited on, so this polls
+/// `PeekNamedPipe` with a pause that grows to 10 ms.
+pub(crate) fn wait_readable(pipe: &ReadyPipe, timeout: Duration) -> io::Result<bool> {
+    use windows_sys::Win32::System::Pipes::PeekNamedPipe;
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let mut available = 0u32;
+        // SAFETY: the handle is open for the duration of the borrow; no buffer is read.
+        let peeked = unsafe {
+            PeekNamedPipe(
+                pipe.as_raw_handle() as HANDLE,
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null_mut(),
+                &mut available,
+                std::ptr::null_mut(),
+            )
+        };
+        // A failure is a closed pipe (the daemon died): the read reports it.
+        if peeked == 0 || available > 0 {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// Takes a standard handle over and leaves nothing in its place (std then treats that
+/// stream as closed), so that no later print can reach the handle once it is closed.
+fn take_std_handle(which: STD_HANDLE) -> Option<File> {
+    // SAFETY: called before main, while single-threaded; the handle the launcher gave
+    // us is owned by nothing else in this fresh process.
+    unsafe {
+        let handle = GetStdHandle(which);
+        if handle.is_null() || handle == INVALID_HANDLE_VALUE {
+            return None;
+        }
+        SetStdHandle(which, std::ptr::null_mut());
+        Some(File::from_raw_handle(handle as _))
+    }
+}
+
+/// What the launcher handed over (see [`spawn_with`]): the launch description on
+/// stdin, the readiness pipe on stdout. The start lock stays with the launcher.
+pub(crate) fn take_inherited() -> Inherited {
+    Inherited {
+        ready: take_std_handle(STD_OUTPUT_HANDLE),
+        start_lock: None,
+        launch: take_std_handle(STD_INPUT_HANDLE),
+    }
+}
+
+/// The whole content of `file` from its first byte: a file written by this process
+/// (its offset at the end), or the stdin pipe (nothing to seek, hence the ignored
+/// error).
+pub(crate) fn read_from_start(mut file: &File) -> io::Result<Vec<u8>> {
+    let _ = file.seek(io::SeekFrom::Start(0));
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Nothing to leave: the process was created detached, without a console.
+pub(crate) fn detach() -> io::Result<()> {
+    Ok(())
+}
+
+/// Points stdout and stderr at the log file (for the rest of the process's life).
+pub(crate) fn daemon_stdio(log: io::Result<File>) {
+    let Ok(file) = log else { return };
+    // SAFETY: the handles are ours and stay open for the life of the process.
+    unsafe {
+        if let Ok(copy) = file.try_clone() {
+            SetStdHandle(STD_ERROR_HANDLE, copy.into_raw_handle() as HANDLE);
+        }
+        SetStdHandle(STD_OUTPUT_HANDLE, file.into_raw_handle() as HANDLE);
+    }
+}
+
+/// The console's Ctrl-C, Ctrl-Break, close, logoff and shutdown events (tokio registers
+/// the handler with `SetConsoleCtrlHandler`): what SIGINT and SIGTERM are on Unix.
+pub(crate) struct StopSignals(Option<ConsoleEvents>);
+
+struct ConsoleEvents {
+    c: tokio::signal::windows::CtrlC,
+    brk: tokio::signal::windows::CtrlBreak,
+    close: tokio::signal::windows::CtrlClose,
+    logoff: tokio::signal::windows::CtrlLogoff,
+    shutdown: tokio::signal::windows::CtrlShutdown,
+}
+
+impl StopSignals {
+    /// What the host logs when one arrives.
+    pub(crate) const DESCRIPTION: &str =
+        "a console Ctrl-C, Ctrl-Break, close, logoff or shutdown event";
+
+    /// Starts listening (inside a tokio runtime).
+    pub(crate) fn listen() -> Self {
+        use tokio::signal::windows::*;
+        let events = || -> io::Result<ConsoleEvents> {
+            Ok(ConsoleEvents {
+                c: ctrl_c()?,
+                brk: ctrl_break()?,
+                close: ctrl_close()?,
+                logoff: ctrl_logoff()?,
+                shutdown: ctrl_shutdown()?,
+            })
+        };
+        StopSignals(events().ok())
+    }
+
+    /// Completes when one arrives (never, if listening failed).
+    pub(crate) async fn recv(&mut self) {
+        if let Some(events) = &mut self.0 {
+            tokio::select! {
+                _ = events.c.recv() => return,
+                _ = events.brk.recv() => return,
+                _ = events.close.recv() => return,
+                _ = events.logoff.recv() => return,
+                _ = events.shutdown.recv() => return,
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+/// Creates `path` and any missing parents.
+pub(crate) fn create_dir_all_private(path: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(path)
+}
+
+/// The platform's own per-user directory for runtime state: `%LOCALAPPDATA%`, private
+/// to its user by default ACLs.
+pub(crate) fn platform_runtime_base() -> Option<PathBuf> {
+    std::env::var_os("LOCALAPPDATA")
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+}
