@@ -258,6 +258,9 @@ pub(crate) const LAUNCHER_IS_DAEMON: bool = false;
 /// What the launcher reads the readiness report from: a pipe.
 pub(crate) type ReadyPipe = File;
 
+/// The launcher process.
+pub(crate) type Launcher = Child;
+
 /// The descriptor of the readiness pipe in the daemon.
 const READY_FD: i32 = 3;
 /// The descriptor of the start lock the daemon holds until it has published itself.
@@ -276,7 +279,7 @@ pub(crate) fn spawn_with(
     command: &mut Command,
     title: &str,
     handover: Handover,
-) -> io::Result<(Child, ReadyPipe)> {
+) -> io::Result<(Launcher, ReadyPipe)> {
     command.arg0(title);
     let (read_end, write_end) = cloexec_pipe()?;
     // Descriptors 0-2 are replaced by /dev/null in the child before `pre_exec` runs: the

@@ -6,22 +6,27 @@
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::windows::io::{AsRawHandle, FromRawHandle, IntoRawHandle};
-use std::os::windows::process::CommandExt;
+use std::os::windows::ffi::OsStrExt;
+use std::os::windows::io::{AsRawHandle, FromRawHandle, IntoRawHandle, OwnedHandle};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
-    CloseHandle, FILETIME, HANDLE, INVALID_HANDLE_VALUE, STILL_ACTIVE,
+    CloseHandle, FILETIME, HANDLE, HANDLE_FLAG_INHERIT, INVALID_HANDLE_VALUE, STILL_ACTIVE,
+    SetHandleInformation,
 };
 use windows_sys::Win32::System::Console::{
     GetStdHandle, STD_ERROR_HANDLE, STD_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, SetStdHandle,
 };
+use windows_sys::Win32::System::Pipes::{CreatePipe, PeekNamedPipe};
 use windows_sys::Win32::System::Threading::{
-    CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, DETACHED_PROCESS, GetExitCodeProcess,
-    GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_TERMINATE,
-    TerminateProcess,
+    CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, CREATE_UNICODE_ENVIRONMENT, CreateProcessW,
+    DETACHED_PROCESS, DeleteProcThreadAttributeList, EXTENDED_STARTUPINFO_PRESENT,
+    GetExitCodeProcess, GetProcessTimes, INFINITE, InitializeProcThreadAttributeList, OpenProcess,
+    PROC_THREAD_ATTRIBUTE_HANDLE_LIST, PROCESS_INFORMATION, PROCESS_QUERY_LIMITED_INFORMATION,
+    PROCESS_TERMINATE, STARTF_USESTDHANDLES, STARTUPINFOEXW, TerminateProcess,
+    UpdateProcThreadAttribute, WaitForSingleObject,
 };
 
 use super::{Access, FileKind, Handover, Inherited, Stat};
@@ -176,26 +181,121 @@ pub(crate) fn kill(pid: u32) -> io::Result<()> {
 pub(crate) const LAUNCHER_IS_DAEMON: bool = true;
 
 /// What the launcher reads the readiness report from: the daemon's stdout.
-pub(crate) type ReadyPipe = ChildStdout;
+pub(crate) type ReadyPipe = File;
 
-/// Spawns `command` as a detached process (no console, its own process group, so that
-/// the console's Ctrl-C does not reach it) in the runtime directory, with stdin and
-/// stdout as pipes and stderr on `NUL`; returns the child and its stdout, which
-/// carries the readiness report. The launch description is written to its stdin by a
-/// helper thread (a program that never reads it only blocks that thread, until it is
-/// stopped at the start timeout).
+/// A spawned daemon process, by handle (std's `Child` cannot be made from one).
+pub(crate) struct Launcher(OwnedHandle);
+
+impl Launcher {
+    /// Its exit code if it has exited.
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<u32>> {
+        let mut code = 0u32;
+        // SAFETY: the handle is open; `code` is a valid local.
+        if unsafe { GetExitCodeProcess(self.0.as_raw_handle() as HANDLE, &mut code) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((code != STILL_ACTIVE as u32).then_some(code))
+    }
+
+    pub(crate) fn kill(&mut self) -> io::Result<()> {
+        // SAFETY: the handle is open and has PROCESS_TERMINATE access (its creator's).
+        if unsafe { TerminateProcess(self.0.as_raw_handle() as HANDLE, 1) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn wait(&mut self) -> io::Result<()> {
+        // SAFETY: the handle is open.
+        unsafe { WaitForSingleObject(self.0.as_raw_handle() as HANDLE, INFINITE) };
+        Ok(())
+    }
+}
+
+/// Marks a handle inheritable (to be listed in a child's handle list).
+fn inheritable(handle: &impl AsRawHandle) -> io::Result<()> {
+    // SAFETY: the handle is open for the duration of the borrow.
+    let set = unsafe {
+        SetHandleInformation(
+            handle.as_raw_handle() as HANDLE,
+            HANDLE_FLAG_INHERIT,
+            HANDLE_FLAG_INHERIT,
+        )
+    };
+    if set == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An anonymous pipe: (read end, write end), neither inheritable.
+fn pipe() -> io::Result<(File, File)> {
+    let (mut read, mut write): (HANDLE, HANDLE) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: the out-pointers are valid locals; the handles are then owned by Files.
+    unsafe {
+        if CreatePipe(&mut read, &mut write, std::ptr::null(), 0) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((
+            File::from_raw_handle(read as _),
+            File::from_raw_handle(write as _),
+        ))
+    }
+}
+
+/// A NUL-terminated UTF-16 string.
+fn wide(text: &OsStr) -> Vec<u16> {
+    text.encode_wide().chain([0]).collect()
+}
+
+/// The environment block `command` gives its child: ours with its changes, sorted by
+/// name (case-insensitively, as Windows compares names), as `CreateProcessW` wants it.
+fn environment_block(command: &Command) -> Vec<u16> {
+    let mut variables: std::collections::BTreeMap<
+        String,
+        (std::ffi::OsString, std::ffi::OsString),
+    > = std::env::vars_os()
+        .map(|(name, value)| (name.to_string_lossy().to_uppercase(), (name, value)))
+        .collect();
+    for (name, value) in command.get_envs() {
+        let key = name.to_string_lossy().to_uppercase();
+        match value {
+            Some(value) => variables.insert(key, (name.to_os_string(), value.to_os_string())),
+            None => variables.remove(&key),
+        };
+    }
+    let mut block = Vec::new();
+    for (name, value) in variables.values() {
+        block.extend(name.encode_wide());
+        block.push(u16::from(b'='));
+        block.extend(value.encode_wide());
+        block.push(0);
+    }
+    block.push(0);
+    block
+}
+
+/// Creates `command`'s program as a detached process (no console, its own process
+/// group, so that a console's Ctrl-C does not reach it) in the runtime directory, with
+/// no arguments, its stdin and stdout pipes to us and its stderr on `NUL`; returns it
+/// and the read end of its stdout, which carries the readiness report. The launch
+/// description is written to its stdin by a helper thread (a program that never reads
+/// it only blocks that thread, until it is stopped at the start timeout).
 ///
-/// Only the three standard handles are inherited: std creates every other handle
-/// non-inheritable, and makes the child's ends of these pipes inheritable only while
-/// it creates the process, under its own lock. The start lock is not handed over: a
-/// byte-range lock belongs to the process that took it, so the client keeps holding it
-/// until the daemon reports, and stops a daemon that did not report in time (see
-/// [`LAUNCHER_IS_DAEMON`]).
+/// The child inherits exactly these three handles, listed with
+/// `PROC_THREAD_ATTRIBUTE_HANDLE_LIST`: std's `Command` would hand it every inheritable
+/// handle of this process, among them the stdio pipes this process itself inherited,
+/// and a daemon holding its client's stdout would keep whoever reads that waiting for
+/// EOF.
+///
+/// The start lock is not handed over: a byte-range lock belongs to the process that
+/// took it, so the client keeps holding it until the daemon reports, and stops a
+/// daemon that did not report in time (see [`LAUNCHER_IS_DAEMON`]).
 pub(crate) fn spawn_with(
     command: &mut Command,
     _title: &str,
     handover: Handover,
-) -> io::Result<(Child, ReadyPipe)> {
+) -> io::Result<(Launcher, ReadyPipe)> {
     let Handover {
         start_lock,
         launch,
@@ -203,28 +303,111 @@ pub(crate) fn spawn_with(
     } = handover;
     drop(start_lock);
     let launch = read_from_start(&launch)?;
-    command
-        .current_dir(&workdir)
-        .creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut child = command.spawn()?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let stdout = child.stdout.take().expect("stdout is piped");
+    let (stdin_read, mut stdin_write) = pipe()?;
+    let (stdout_read, stdout_write) = pipe()?;
+    let null = OpenOptions::new().write(true).open("NUL")?;
+    for handle in [&stdin_read, &stdout_write, &null] {
+        inheritable(handle)?;
+    }
+    let mut handles: [HANDLE; 3] = [
+        stdin_read.as_raw_handle() as HANDLE,
+        stdout_write.as_raw_handle() as HANDLE,
+        null.as_raw_handle() as HANDLE,
+    ];
+
+    let program = command.get_program();
+    // The program alone, quoted: a path cannot contain '"'.
+    let mut command_line = wide(&{
+        let mut line = std::ffi::OsString::from("\"");
+        line.push(program);
+        line.push("\"");
+        line
+    });
+    let environment = environment_block(command);
+    let directory = wide(workdir.as_os_str());
+    let program = wide(program);
+
+    let mut size = 0usize;
+    // SAFETY: the first call only reports the size the attribute list needs.
+    unsafe { InitializeProcThreadAttributeList(std::ptr::null_mut(), 1, 0, &mut size) };
+    let mut attributes = vec![0u64; size.div_ceil(8)];
+    let list = attributes.as_mut_ptr().cast();
+    // SAFETY: `list` has `size` bytes, 8-aligned; `handles` outlives the list, which is
+    // deleted below before either is dropped.
+    unsafe {
+        if InitializeProcThreadAttributeList(list, 1, 0, &mut size) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if UpdateProcThreadAttribute(
+            list,
+            0,
+            PROC_THREAD_ATTRIBUTE_HANDLE_LIST as usize,
+            handles.as_mut_ptr().cast(),
+            std::mem::size_of_val(&handles),
+            std::ptr::null_mut(),
+            std::ptr::null(),
+        ) == 0
+        {
+            let error = io::Error::last_os_error();
+            DeleteProcThreadAttributeList(list);
+            return Err(error);
+        }
+    }
+    // SAFETY: STARTUPINFOEXW and PROCESS_INFORMATION are plain old data.
+    let mut startup: STARTUPINFOEXW = unsafe { std::mem::zeroed() };
+    startup.StartupInfo.cb = std::mem::size_of::<STARTUPINFOEXW>() as u32;
+    startup.StartupInfo.dwFlags = STARTF_USESTDHANDLES;
+    startup.StartupInfo.hStdInput = handles[0];
+    startup.StartupInfo.hStdOutput = handles[1];
+    startup.StartupInfo.hStdError = handles[2];
+    startup.lpAttributeList = list;
+    // SAFETY: as above.
+    let mut created: PROCESS_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: every string is NUL-terminated (the environment block doubly) and lives
+    // until the call returns; the command line is writable as CreateProcessW requires.
+    let ok = unsafe {
+        let ok = CreateProcessW(
+            program.as_ptr(),
+            command_line.as_mut_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            1,
+            DETACHED_PROCESS
+                | CREATE_NEW_PROCESS_GROUP
+                | CREATE_NO_WINDOW
+                | CREATE_UNICODE_ENVIRONMENT
+                | EXTENDED_STARTUPINFO_PRESENT,
+            environment.as_ptr().cast(),
+            directory.as_ptr(),
+            &startup.StartupInfo,
+            &mut created,
+        );
+        DeleteProcThreadAttributeList(list);
+        ok
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: CreateProcessW gave us both handles, owned by nobody else.
+    let process = unsafe {
+        CloseHandle(created.hThread);
+        OwnedHandle::from_raw_handle(created.hProcess as _)
+    };
+    // The child's ends are its own now: ours must close, or EOF would never come.
+    drop((stdin_read, stdout_write, null));
     std::thread::Builder::new()
         .name("loopback-singleton launch".into())
         .spawn(move || {
             // A daemon that died first closed its end: the readiness read says so.
-            let _ = stdin.write_all(&launch);
+            let _ = stdin_write.write_all(&launch);
         })?;
-    Ok((child, stdout))
+    Ok((Launcher(process), stdout_read))
 }
 
 /// Waits until `pipe` has something to read (or its writer closed it); `false` when
 /// `timeout` passed first. Anonymous pipes cannot be waited on, so this polls
 /// `PeekNamedPipe` with a pause that grows to 10 ms.
 pub(crate) fn wait_readable(pipe: &ReadyPipe, timeout: Duration) -> io::Result<bool> {
-    use windows_sys::Win32::System::Pipes::PeekNamedPipe;
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     loop {
