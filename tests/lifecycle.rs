@@ -388,6 +388,8 @@ fn a_start_slower_than_the_timeout_still_ends_with_one_daemon() {
     first.shutdown().unwrap();
 }
 
+/// Unix only: the daemon command is a shell script.
+#[cfg(unix)]
 #[test]
 fn a_daemon_command_that_never_reports_is_stopped_at_the_start_timeout() {
     use std::os::unix::fs::PermissionsExt;
@@ -452,6 +454,9 @@ fn the_idle_ttl_counts_from_the_last_disconnect() {
     again.shutdown().unwrap();
 }
 
+/// Unix only: Windows's equivalent, a console event, cannot reach a daemon created
+/// without a console.
+#[cfg(unix)]
 #[test]
 fn sigterm_retires_the_daemon_gracefully() {
     let env = TestEnv::new("sigterm");
