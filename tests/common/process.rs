@@ -95,6 +95,12 @@ pub fn process_state(pid: u32) -> Option<char> {
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
+/// Whether this is a Windows build running under Wine, which puts its own variables
+/// in every process's environment.
+pub fn under_wine() -> bool {
+    cfg!(windows) && std::env::var_os("WINECONFIGDIR").is_some()
+}
+
 /// Waits until `pid` is gone; returns whether it went within `limit`.
 pub fn wait_gone(pid: u32, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
