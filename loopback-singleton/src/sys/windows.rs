@@ -1,7 +1,8 @@
-//! Windows: paths instead of directory handles, process facts from
-//! `GetProcessTimes`/`GetExitCodeProcess`, and auto-start by re-executing the current
-//! executable as a detached process whose stdin carries the launch description and
-//! whose stdout carries the readiness report.
+//! Windows: paths instead of directory handles, directories created private to their
+//! user (a protected DACL) but not inspected (owner and permissions are reported as
+//! ours and private), process facts from `GetProcessTimes`/`GetExitCodeProcess`, and
+//! auto-start by re-executing the current executable as a detached process whose stdin
+//! carries the launch description and whose stdout carries the readiness report.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -86,8 +87,10 @@ pub(crate) fn open_workdir_at(dir: &DirHandle, name: &str) -> io::Result<DirHand
     Ok(dir.join(name))
 }
 
+/// Creates the directory `name` inside `dir`, private to the current user (see
+/// [`create_private_dir`]); one that exists already is fine.
 pub(crate) fn mkdir_at(dir: &DirHandle, name: &str) -> io::Result<()> {
-    match std::fs::create_dir(dir.join(name)) {
+    match create_private_dir(&dir.join(name)) {
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         other => other,
     }
@@ -535,9 +538,103 @@ impl StopSignals {
     }
 }
 
-/// Creates `path` and any missing parents.
+/// Creates `path` and any missing parents, private to the current user for those it
+/// creates (what mode 0700 is on Unix).
 pub(crate) fn create_dir_all_private(path: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(path)
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+        .collect();
+    for dir in missing.into_iter().rev() {
+        match create_private_dir(dir) {
+            Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Creates the directory `path` with a protected DACL (nothing inherited from above)
+/// granting full control to the current user alone, inherited by everything created
+/// inside it: `D:P(A;OICI;FA;;;<user SID>)`.
+fn create_private_dir(path: &Path) -> io::Result<()> {
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+    };
+    use windows_sys::Win32::Security::{PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES};
+    use windows_sys::Win32::Storage::FileSystem::CreateDirectoryW;
+
+    let sddl = format!("D:P(A;OICI;FA;;;{})", current_user_sid()?);
+    let sddl = wide(OsStr::new(&sddl));
+    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `sddl` is NUL-terminated; the descriptor the call allocates is freed
+    // below with LocalFree, after its last use.
+    unsafe {
+        if ConvertStringSecurityDescriptorToSecurityDescriptorW(
+            sddl.as_ptr(),
+            SDDL_REVISION_1,
+            &mut descriptor,
+            std::ptr::null_mut(),
+        ) == 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let attributes = SECURITY_ATTRIBUTES {
+            nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+            lpSecurityDescriptor: descriptor,
+            bInheritHandle: 0,
+        };
+        let created = CreateDirectoryW(wide(path.as_os_str()).as_ptr(), &attributes);
+        let error = io::Error::last_os_error();
+        windows_sys::Win32::Foundation::LocalFree(descriptor);
+        if created == 0 { Err(error) } else { Ok(()) }
+    }
+}
+
+/// The current user's SID as a string (`S-1-5-21-...`), from this process's token.
+fn current_user_sid() -> io::Result<String> {
+    use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
+    use windows_sys::Win32::Security::{GetTokenInformation, TOKEN_QUERY, TOKEN_USER, TokenUser};
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+
+    // SAFETY: the token handle opened here is closed here; the buffer is 8-aligned and
+    // as large as the first call asked for; the string the conversion allocates is
+    // copied, then freed with LocalFree.
+    unsafe {
+        let mut token: HANDLE = std::ptr::null_mut();
+        if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let token = OwnedHandle::from_raw_handle(token as _);
+        let mut size = 0u32;
+        GetTokenInformation(
+            token.as_raw_handle() as HANDLE,
+            TokenUser,
+            std::ptr::null_mut(),
+            0,
+            &mut size,
+        );
+        let mut buffer = vec![0u64; (size as usize).div_ceil(8)];
+        if GetTokenInformation(
+            token.as_raw_handle() as HANDLE,
+            TokenUser,
+            buffer.as_mut_ptr().cast(),
+            size,
+            &mut size,
+        ) == 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let user = &*buffer.as_ptr().cast::<TOKEN_USER>();
+        let mut string: windows_sys::core::PWSTR = std::ptr::null_mut();
+        if ConvertSidToStringSidW(user.User.Sid, &mut string) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = (0..).take_while(|&i| *string.add(i) != 0).count();
+        let sid = String::from_utf16_lossy(std::slice::from_raw_parts(string, len));
+        windows_sys::Win32::Foundation::LocalFree(string.cast());
+        Ok(sid)
+    }
 }
 
 /// The platform's own per-user directory for runtime state: `%LOCALAPPDATA%`, private
