@@ -114,6 +114,12 @@ impl Fragile {
     pub fn hello(&self) -> String {
         "hello".to_string()
     }
+
+    /// Prints `line` to stdout and to stderr, as a careless service might.
+    pub fn print(&self, line: &str) {
+        println!("out: {line}");
+        eprintln!("err: {line}");
+    }
 }
 
 /// The number of entries of [`Limits::standard`].

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("sys", 0),
     ("error", 1),
     ("options", 1),
+    ("shm", 1),
     ("schema", 0),
     ("service", 2),
     ("runtime_dir", 2),

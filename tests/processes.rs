@@ -53,21 +53,37 @@ fn output_returns_when_the_client_exits_and_the_daemon_lives_on() {
     assert_no_pipes(pid);
 }
 
-/// None of the daemon's descriptors is a pipe: stdin is /dev/null, stdout and stderr
-/// the log file, the readiness pipe closed once it reported. Linux only: it reads
-/// `/proc/<pid>/fd`.
+/// None of the daemon's descriptors is a pipe that leads out of it: stdin is /dev/null,
+/// the readiness pipe closed once it reported; stdout and stderr are a pipe of its own
+/// (its log's), whose read end it holds too. Linux only: it reads `/proc/<pid>/fd`.
 #[cfg(target_os = "linux")]
 fn assert_no_pipes(pid: u32) {
+    // pipe inode -> (a read end held, a write end held)
+    let mut pipes = std::collections::BTreeMap::<String, (bool, bool)>::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
     {
         let target = std::fs::read_link(entry.path()).unwrap_or_default();
-        assert!(
-            !target.to_string_lossy().starts_with("pipe:"),
-            "daemon fd {:?} is {target:?}",
-            entry.file_name()
-        );
+        let target = target.to_string_lossy();
+        if !target.starts_with("pipe:") {
+            continue;
+        }
+        let fdinfo = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        let flags = std::fs::read_to_string(fdinfo)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("flags:"))
+            .and_then(|flags| u32::from_str_radix(flags.trim(), 8).ok())
+            .unwrap_or(0);
+        let ends = pipes.entry(target.into_owned()).or_default();
+        match flags & libc::O_ACCMODE as u32 {
+            0 => ends.0 = true,
+            _ => ends.1 = true,
+        }
+    }
+    for (pipe, ends) in pipes {
+        assert_eq!(ends, (true, true), "the daemon holds one end of {pipe}");
     }
 }
 

@@ -17,7 +17,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -25,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::raw::{self, Rng};
-use common::{TestEnv, alive, json_field, kill, wait_gone};
+use common::{TestEnv, alive, chmod, is_root, json_field, kill, wait_gone};
 use loopback_singleton::{Builder, Error};
 use loopback_singleton_suite::{
     Counter, CounterClient, Journal, JournalClient, SelfCaller, SelfCallerClient, SlowStart,
@@ -87,17 +86,6 @@ impl Drop for Reaper {
             }
         }
     }
-}
-
-/// Whether this process runs as root.
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|error| panic!("chmod {mode:o} {}: {error}", path.display()));
 }
 
 /// The port recorded in a runtime directory's metadata.

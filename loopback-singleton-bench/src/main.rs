@@ -18,6 +18,7 @@ mod procs;
 mod report;
 mod roles;
 mod service;
+mod shm;
 
 use std::io::Write;
 use std::path::Path;
@@ -29,7 +30,7 @@ use service::{BenchAsyncClient, BenchClient, INC};
 
 /// Sizes of the measurement, full or `--quick`.
 #[derive(Clone, Copy)]
-struct Plan {
+pub(crate) struct Plan {
     quick: bool,
     warmup: usize,
     samples: usize,
@@ -143,8 +144,14 @@ fn run(plan: &Plan, base: &Path) -> Report {
     eprintln!("starting servers...");
     let mut raw = Proc::server("raw-server", &[]);
     let mut tarpc = Proc::server("tarpc-server", &[]);
+    let raw_socket = base.join("raw.sock");
+    let mut raw_unix = Proc::server(
+        "raw-unix-server",
+        &[("LSB_SOCKET", raw_socket.to_str().expect("a UTF-8 temp dir"))],
+    );
     let raw_port = raw.port();
     let tarpc_port = tarpc.port();
+    raw_unix.port();
     let crate_client = BenchClient::builder()
         .runtime_dir(base)
         .name(name)
@@ -169,16 +176,25 @@ fn run(plan: &Plan, base: &Path) -> Report {
         )
         .expect("connecting the async client");
     let mut raw_stream = roles::raw_connect(raw_port, roles::RAW_PING);
+    let mut raw_unix_stream = roles::raw_unix_connect(&raw_socket, roles::RAW_PING);
+    // The same daemon, reached over its Unix socket.
+    let unix_client = BenchClient::builder()
+        .runtime_dir(base)
+        .name(name)
+        .transport(loopback_singleton::Transport::Unix)
+        .connect(())
+        .expect("connecting over the Unix socket");
 
     // 1-3. Small-call latency, pinned same-core and cross-core, interleaved rounds: raw
-    // TCP, the blocking client, tarpc, the async client (one `inc().await` at a time).
+    // TCP, the blocking client, tarpc, the async client (one `inc().await` at a time),
+    // and by transport: raw Unix socket, the blocking client over the unix transport.
     for (label, client_cpu, server_cpu) in [("same core", 0, 0), ("cross core", 0, 1)] {
         eprintln!("latency, {label}...");
         procs::pin_thread(Some(client_cpu));
-        for pid in [raw.pid(), tarpc.pid(), daemon_pid] {
+        for pid in [raw.pid(), tarpc.pid(), daemon_pid, raw_unix.pid()] {
             procs::pin_process(pid, Some(server_cpu));
         }
-        let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut samples = [(); 6].map(|()| Vec::new());
         let per_round = plan.samples / plan.rounds;
         for round in 0..plan.rounds {
             let warmup = if round == 0 { plan.warmup } else { 100 };
@@ -213,8 +229,21 @@ fn run(plan: &Plan, base: &Path) -> Report {
                 }
                 out
             }));
+            samples[4].extend(time_calls(warmup, per_round, || {
+                roles::raw_ping(&mut raw_unix_stream)
+            }));
+            samples[5].extend(time_calls(warmup, per_round, || {
+                unix_client.inc().expect("inc over unix");
+            }));
         }
-        let [raw_s, crate_s, tarpc_s, async_s] = samples.map(Stats::of);
+        let [raw_s, crate_s, tarpc_s, async_s, raw_unix_s, unix_s] = samples.map(Stats::of);
+        report.transports.push(report::TransportRow {
+            label: label.to_string(),
+            raw_tcp: raw_s,
+            raw_unix: raw_unix_s,
+            tcp: crate_s,
+            unix: unix_s,
+        });
         report
             .latency
             .push((label.to_string(), raw_s, crate_s, tarpc_s));
@@ -223,9 +252,19 @@ fn run(plan: &Plan, base: &Path) -> Report {
             .push((label.to_string(), raw_s, async_s, tarpc_s));
     }
     procs::pin_thread(None);
-    for pid in [raw.pid(), tarpc.pid(), daemon_pid] {
+    for pid in [raw.pid(), tarpc.pid(), daemon_pid, raw_unix.pid()] {
         procs::pin_process(pid, None);
     }
+    drop((unix_client, raw_unix_stream, raw_unix));
+    // 1b. The shared-memory transport beside raw TCP.
+    shm::run(
+        plan,
+        base,
+        name,
+        (raw_port, raw.pid()),
+        daemon_pid,
+        &mut report,
+    );
     // Close the async connection before the idle footprint (no client connected): its
     // writer task shuts the socket and its reader sees the daemon close, but only while
     // the runtime runs.
@@ -493,7 +532,7 @@ fn run(plan: &Plan, base: &Path) -> Report {
 }
 
 /// Times `samples` calls after `warmup` untimed ones; nanoseconds per call.
-fn time_calls(warmup: usize, samples: usize, mut call: impl FnMut()) -> Vec<u64> {
+pub(crate) fn time_calls(warmup: usize, samples: usize, mut call: impl FnMut()) -> Vec<u64> {
     for _ in 0..warmup {
         call();
     }

@@ -30,6 +30,20 @@ pub struct Crowd {
     pub latency: Stats,
 }
 
+/// The small call by transport, measured in the same interleaved rounds as `latency`.
+pub struct TransportRow {
+    /// The pinning.
+    pub label: String,
+    /// A raw `std::net` TCP ping-pong (the same samples as `latency`'s raw column).
+    pub raw_tcp: Stats,
+    /// A raw Unix-socket ping-pong: the floor of the `unix` transport.
+    pub raw_unix: Stats,
+    /// The blocking client over TCP (the same samples as `latency`'s).
+    pub tcp: Stats,
+    /// The blocking client over the daemon's Unix socket.
+    pub unix: Stats,
+}
+
 /// Every figure of one run. Triples are (raw, loopback-singleton, tarpc).
 pub struct Report {
     pub quick: bool,
@@ -38,6 +52,7 @@ pub struct Report {
     /// (pinning, raw, the async client, tarpc): the same raw and tarpc samples as
     /// `latency`, the async client measured in the same interleaved rounds.
     pub async_latency: Vec<(String, Stats, Stats, Stats)>,
+    pub transports: Vec<TransportRow>,
     /// (load, raw TCP from one process one call at a time, the async client, tarpc).
     pub async_throughput: Vec<(String, f64, f64, f64)>,
     /// (label, size, raw, loopback-singleton, tarpc), bytes per second.
@@ -48,6 +63,19 @@ pub struct Report {
     pub crowd: Option<Crowd>,
     pub cold_parent: Option<Stats>,
     pub cold_child: Option<Stats>,
+    /// The shared-memory transport beside raw TCP (see `shm.rs`).
+    pub shm: Vec<ShmRow>,
+}
+
+/// One figure of the shared-memory section.
+pub enum ShmRow {
+    /// (pinning, raw TCP, shm small call).
+    Latency(String, Stats, Stats),
+    /// (clients, raw TCP calls/s, shm calls/s).
+    Throughput(String, f64, f64),
+    /// Context switches over `secs` of the daemon and of a connected shm client, both
+    /// idle.
+    Idle { daemon: u64, client: u64, secs: f64 },
 }
 
 pub fn micros(ns: u64) -> String {
@@ -115,6 +143,7 @@ impl Report {
             latency: Vec::new(),
             throughput: Vec::new(),
             async_latency: Vec::new(),
+            transports: Vec::new(),
             async_throughput: Vec::new(),
             payload: Vec::new(),
             warm_connect: None,
@@ -123,6 +152,63 @@ impl Report {
             crowd: None,
             cold_parent: None,
             cold_child: None,
+            shm: Vec::new(),
+        }
+    }
+
+    /// The shared-memory transport's rows, if measured.
+    fn shm_markdown(&self, out: &mut String) {
+        if self.shm.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n**Shared-memory transport** (`Transport::SharedMemory`, blocking client; raw TCP \
+             measured in the same interleaved rounds; ratio to raw)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| small call | raw TCP | shm | ratio | target: shm median ≤ 2 µs cross-core |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        for row in &self.shm {
+            match row {
+                ShmRow::Latency(label, raw, shm) => {
+                    let _ = writeln!(
+                        out,
+                        "| {label}, median / p99 | {} / {} | {} / {} | {:.2}× | {} |",
+                        micros(raw.median),
+                        micros(raw.p99),
+                        micros(shm.median),
+                        micros(shm.p99),
+                        shm.median as f64 / raw.median as f64,
+                        if label.starts_with("cross") {
+                            mark(shm.median <= 2_000)
+                        } else {
+                            ""
+                        },
+                    );
+                }
+                ShmRow::Throughput(label, raw, shm) => {
+                    let _ = writeln!(
+                        out,
+                        "| {label}, calls/s | {} | {} | {:.2}× | |",
+                        rate(*raw),
+                        rate(*shm),
+                        shm / raw,
+                    );
+                }
+                ShmRow::Idle {
+                    daemon,
+                    client,
+                    secs,
+                } => {
+                    let _ = writeln!(
+                        out,
+                        "| idle, context switches in {secs:.0} s | | daemon {daemon}, connected shm client {client} | | |"
+                    );
+                }
+            }
         }
     }
 
@@ -158,6 +244,36 @@ impl Report {
             );
         }
 
+        if !self.transports.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n**Small call by transport** (`inc() -> u64`, blocking client, same daemon, same interleaved rounds; median / p99)\n"
+            );
+            let _ = writeln!(
+                out,
+                "| pinning | raw TCP | raw Unix socket | `tcp` | `unix` | `unix` ÷ raw TCP | `unix` ÷ raw Unix | target ≤ 0.8× raw TCP, ≤ 1.2× raw Unix |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+            for row in &self.transports {
+                let over_tcp = row.unix.median as f64 / row.raw_tcp.median as f64;
+                let over_unix = row.unix.median as f64 / row.raw_unix.median as f64;
+                let _ = writeln!(
+                    out,
+                    "| {} | {} / {} | {} / {} | {} / {} | {} / {} | {over_tcp:.2}× | {over_unix:.2}× | {} |",
+                    row.label,
+                    micros(row.raw_tcp.median),
+                    micros(row.raw_tcp.p99),
+                    micros(row.raw_unix.median),
+                    micros(row.raw_unix.p99),
+                    micros(row.tcp.median),
+                    micros(row.tcp.p99),
+                    micros(row.unix.median),
+                    micros(row.unix.p99),
+                    mark(over_tcp <= 0.8 && over_unix <= 1.2),
+                );
+            }
+        }
+
         let _ = writeln!(
             out,
             "\n**Throughput** (small calls per second, all processes together; ratio to raw)\n"
@@ -186,6 +302,8 @@ impl Report {
                 tarpc / raw,
             );
         }
+
+        self.shm_markdown(&mut out);
 
         if !self.async_latency.is_empty() || !self.async_throughput.is_empty() {
             let _ = writeln!(
@@ -367,10 +485,20 @@ impl Report {
             .latency
             .iter()
             .map(|(label, raw, ours, tarpc)| (label.clone(), raw, ours, tarpc));
-        for (label, raw, ours, tarpc) in blocking_rows.chain(async_rows) {
+        // The blocking client over the unix transport, beside the same run's raw TCP and
+        // tarpc (its own raw baseline, the raw Unix socket, is in the table).
+        let unix_rows = self.transports.iter().filter_map(|row| {
+            let (_, _, _, tarpc) = self
+                .latency
+                .iter()
+                .find(|(label, ..)| *label == row.label)?;
+            let short = row.label.replace(" core", "");
+            Some((format!("unix {short}"), &row.raw_tcp, &row.unix, tarpc))
+        });
+        for (label, raw, ours, tarpc) in blocking_rows.chain(async_rows).chain(unix_rows) {
             for (what, pick) in [("median", 0), ("p99", 1)] {
                 let get = |s: &Stats| if pick == 0 { s.median } else { s.p99 } as f64;
-                let what = if label.starts_with("async") {
+                let what = if label.starts_with("async") || label.starts_with("unix") {
                     if pick == 0 { "p50" } else { "p99" }
                 } else {
                     what

@@ -1,5 +1,5 @@
 //! The processes the benchmark starts by re-executing itself with `LSB_ROLE` set: the
-//! raw TCP server, the tarpc server, throughput workers (one call at a time, or many
+//! raw TCP server, the raw Unix-socket server, the tarpc server, throughput workers (one call at a time, or many
 //! concurrent tasks on one async client), and the cold-start client. Roles talk to the parent with lines on stdin/stdout.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -40,6 +40,8 @@ pub fn run_role() -> bool {
     };
     match role.as_str() {
         "raw-server" => raw_server(),
+        "raw-unix-server" => raw_unix_server(),
+        "shm-idle" => crate::shm::idle_client(),
         "tarpc-server" => tarpc_server(),
         "raw-worker" => {
             pin_from_env();
@@ -144,11 +146,23 @@ fn current_thread() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Connects the crate's client to the benchmark daemon (never starts one).
+/// Connects the crate's client to the benchmark daemon (never starts one): over shared
+/// memory if `LSB_SHM` is set, else TCP.
 pub fn crate_connect() -> BenchClient {
+    let transport = if std::env::var_os(crate::shm::SHM_WORKER).is_some() {
+        loopback_singleton::Transport::SharedMemory
+    } else {
+        loopback_singleton::Transport::Tcp
+    };
+    crate_connect_with(transport)
+}
+
+/// [`crate_connect`] over `transport`.
+pub fn crate_connect_with(transport: loopback_singleton::Transport) -> BenchClient {
     BenchClient::builder()
         .runtime_dir(env("LOOPBACK_SINGLETON_DIR"))
         .name(env("LSB_NAME"))
+        .transport(transport)
         .connect(())
         .expect("connecting to the bench daemon")
 }
@@ -234,8 +248,12 @@ fn raw_server() {
 
 fn serve_raw(stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    serve_raw_io(stream.try_clone()?, stream)
+}
+
+/// The raw server's loop on any stream (read and write ends apart).
+fn serve_raw_io(reader: impl Read, mut writer: impl Write) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(64 << 10, reader);
     let mut mode = [0u8];
     reader.read_exact(&mut mode)?;
     let mut small = [0u8; 8];
@@ -263,8 +281,32 @@ pub fn raw_connect(port: u16, mode: u8) -> TcpStream {
     stream
 }
 
+/// The raw server on a Unix socket at `LSB_SOCKET` (ping and bulk modes as over TCP):
+/// the floor for the `unix` transport. Prints `port 0` once it listens.
+fn raw_unix_server() {
+    let path = env("LSB_SOCKET");
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    println!("port 0");
+    std::io::stdout().flush().unwrap();
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        std::thread::spawn(move || {
+            let _ = stream
+                .try_clone()
+                .and_then(|reader| serve_raw_io(reader, stream));
+        });
+    }
+}
+
+pub fn raw_unix_connect(path: &std::path::Path, mode: u8) -> std::os::unix::net::UnixStream {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).expect("raw unix connect");
+    stream.write_all(&[mode]).unwrap();
+    stream
+}
+
 /// One 8-byte request, one 8-byte reply.
-pub fn raw_ping(stream: &mut TcpStream) {
+pub fn raw_ping(stream: &mut (impl Read + Write)) {
     stream.write_all(&[1u8; 8]).expect("raw write");
     let mut reply = [0u8; 8];
     stream.read_exact(&mut reply).expect("raw read");

@@ -171,6 +171,8 @@ struct Detail {
     protocol: u16,
     dir: PathBuf,
     log: PathBuf,
+    /// The idle TTL the daemon runs with; null: it never retires for want of clients.
+    idle_ttl_ms: Option<u64>,
 }
 
 /// Looks at one name: `None` if no daemon was ever published there (or the last one
@@ -216,6 +218,9 @@ fn inspect(base: &Path, name: &str) -> Result<Option<(Detail, Daemon)>, Failure>
         protocol: published.protocol,
         dir: daemon.path().to_path_buf(),
         log: daemon.log_path(),
+        idle_ttl_ms: published
+            .idle_ttl
+            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
     };
     Ok(Some((detail, daemon)))
 }
@@ -310,6 +315,15 @@ fn human_duration(ms: u64) -> String {
     }
 }
 
+/// A TTL as set: `500ms`, `30s`, `5m00s`.
+fn human_ttl(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        human_duration(ms)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 fn status(base: &Path, name: &str, json: bool) -> Result<(), Failure> {
     let Some((detail, _)) = inspect(base, name)? else {
         if json {
@@ -347,6 +361,13 @@ fn status(base: &Path, name: &str, json: bool) -> Result<(), Failure> {
         println!("protocol:      {}", detail.protocol);
         println!("directory:     {}", detail.dir.display());
         println!("log:           {}", detail.log.display());
+        println!(
+            "idle TTL:      {}",
+            detail.idle_ttl_ms.map_or_else(
+                || "none (never retires for want of clients)".to_string(),
+                human_ttl
+            )
+        );
         if let Some(error) = &entry.error {
             println!("error:         {error}");
         }
@@ -577,6 +598,8 @@ fn logs(base: &Path, name: &str, follow: bool) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     let mut buf = Vec::new();
     let mut position = 0u64;
+    // The file that replaced `file` at `path`, once the end of `file` is read.
+    let mut next: Option<std::fs::File> = None;
     loop {
         buf.clear();
         file.read_to_end(&mut buf)
@@ -592,10 +615,41 @@ fn logs(base: &Path, name: &str, follow: bool) -> Result<(), Failure> {
         if !follow {
             return Ok(());
         }
+        if let Some(new) = next.take() {
+            file = new;
+            position = 0;
+            continue;
+        }
         std::thread::sleep(Duration::from_millis(200));
-        // Truncated (a new daemon's log, or rotated by hand): start over.
+        // Rotated (the daemon renamed it to `daemon.log.1`): what it wrote there since
+        // the last read first, then the new file from its start. (A file rotated out
+        // and over within one pause is missed.)
+        if rotated(&file, &path, position) {
+            if let Ok(new) = std::fs::File::open(&path) {
+                next = Some(new);
+                continue;
+            }
+        }
+        // Truncated (when it cannot be rotated): start over.
         if file.metadata().is_ok_and(|meta| meta.len() < position) {
             position = file.seek(SeekFrom::Start(0)).unwrap_or(0);
         }
     }
+}
+
+/// Whether `path` now names another file than `file` (read up to `position`).
+#[cfg(unix)]
+fn rotated(file: &std::fs::File, path: &Path, _position: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => (open.dev(), open.ino()) != (named.dev(), named.ino()),
+        _ => false,
+    }
+}
+
+/// Whether `path` now names another file than `file` (read up to `position`): without
+/// file identities, a file at `path` shorter than what was read is a new one.
+#[cfg(not(unix))]
+fn rotated(_file: &std::fs::File, path: &Path, position: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|named| named.len() < position)
 }

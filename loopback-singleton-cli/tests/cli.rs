@@ -201,6 +201,7 @@ fn status_json_has_the_documented_shape() {
         ("protocol", "number"),
         ("dir", "string"),
         ("log", "string"),
+        ("idle_ttl_ms", "number"),
     ];
     let object = detail.as_object().unwrap();
     let mut fields: Vec<&str> = object.keys().map(String::as_str).collect();
@@ -220,6 +221,8 @@ fn status_json_has_the_documented_shape() {
     }
     assert_eq!(detail["pid"], pid);
     assert_eq!(detail["state"], "running");
+    // The TTL the daemon was given (`Env::counter`: 30 s).
+    assert_eq!(detail["idle_ttl_ms"], 30_000);
 
     // `list --json` entries are the first nine of these fields.
     let output = env.run(&["list", "--json"], LIMIT);

@@ -61,6 +61,9 @@ pub struct Published {
     pub protocol: u16,
     /// The crate version it was built with.
     pub crate_version: String,
+    /// The idle TTL it runs with (its options, else `LOOPBACK_SINGLETON_IDLE_TTL`);
+    /// `None`: it never retires for want of clients.
+    pub idle_ttl: Option<Duration>,
     /// Whether the process the metadata names still runs (pid and start time match, and
     /// it is not a zombie).
     pub alive: bool,
@@ -117,6 +120,7 @@ impl Daemon {
             schema: metadata.schema,
             protocol: metadata.protocol,
             crate_version: metadata.crate_version,
+            idle_ttl: metadata.idle_ttl_ms.map(Duration::from_millis),
         }))
     }
 
@@ -277,7 +281,14 @@ impl Daemon {
         send(&mut reader, &buf).map_err(lost)?;
         receive(&mut reader, &mut buf, protocol::MAX_HANDSHAKE_FRAME).map_err(frame_error)?;
         let challenge: Challenge = protocol::decode("challenge", &buf)?;
-        let auth = match half.answer(&secret, &challenge, None, None, None) {
+        let auth = match half.answer(
+            &secret,
+            &challenge,
+            None,
+            None,
+            None,
+            protocol::Transport::Tcp,
+        ) {
             Peer::Proven(auth) => auth,
             Peer::OtherVersion(version) => {
                 return Err(Error::ProtocolVersion {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::{Fingerprint, ProtocolError, RemoteError};
+use crate::protocol::{Fingerprint, ProtocolError, RemoteError, Transport};
 
 /// Everything that can go wrong between a client call and its result, apart from the
 /// service's own errors: a method returning `Result<T, E>` gives the caller
@@ -181,6 +181,32 @@ pub enum Error {
     Reentrant {
         /// The singleton name.
         name: String,
+    },
+
+    /// The transport this client chose cannot be used: the platform does not have it
+    /// (Unix sockets on Windows), this build does not implement it yet, or the running
+    /// daemon does not serve it (it could not bind its socket, or predates it). Nothing
+    /// was sent; [`Transport::Tcp`] works everywhere.
+    #[error("the {transport} transport is not available for `{name}`: {reason}")]
+    TransportUnavailable {
+        /// The singleton name.
+        name: String,
+        /// The transport asked for.
+        transport: Transport,
+        /// Why it cannot be used, and what to do.
+        reason: String,
+    },
+
+    /// An environment variable of loopback-singleton has a value that does not parse
+    /// (see the README's "Environment").
+    #[error("{variable}={value:?} is not valid: {expected}")]
+    Environment {
+        /// The variable.
+        variable: String,
+        /// Its value.
+        value: String,
+        /// What it takes.
+        expected: String,
     },
 
     /// A local I/O error (reading runtime files, spawning).

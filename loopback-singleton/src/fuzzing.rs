@@ -365,6 +365,7 @@ mod tests {
                 schema: Some(Echo::SCHEMA),
                 init: Some(1),
                 starter: None,
+                transport: protocol::Transport::Tcp,
             },
             &mut frame,
         );

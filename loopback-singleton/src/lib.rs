@@ -16,6 +16,7 @@ mod protocol;
 mod runtime_dir;
 mod schema;
 mod service;
+mod shm;
 mod single_instance;
 mod spawn;
 mod sys;
@@ -26,7 +27,7 @@ pub use error::Error;
 pub use loopback_singleton_macros::{Schema, local_singleton};
 pub use options::ServeOptions;
 pub use protocol::{
-    DaemonInfo, Fingerprint, Latency, MethodStats, ProtocolError, RemoteError, Stats,
+    DaemonInfo, Fingerprint, Latency, MethodStats, ProtocolError, RemoteError, Stats, Transport,
 };
 pub use schema::Schema;
 pub use service::{Dispatch, Service};

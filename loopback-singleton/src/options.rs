@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol;
+use crate::protocol::{self, Transport};
 
 /// How a daemon runs: its name, where its files live, when it retires, and its limits.
 ///
@@ -120,6 +120,23 @@ impl ServeOptions {
 
 /// Sets the idle TTL of daemons whose code leaves it at the default.
 pub(crate) const IDLE_TTL_ENV: &str = "LOOPBACK_SINGLETON_IDLE_TTL";
+
+/// Chooses the transport of clients whose code does not (`tcp`, `unix`, `shm`).
+pub(crate) const TRANSPORT_ENV: &str = "LOOPBACK_SINGLETON_TRANSPORT";
+
+/// The transport `LOOPBACK_SINGLETON_TRANSPORT` names: `Ok(None)` when it is unset or
+/// empty, `Err(value)` when it names none.
+pub(crate) fn transport_from_env() -> Result<Option<Transport>, String> {
+    match std::env::var_os(TRANSPORT_ENV).filter(|value| !value.is_empty()) {
+        None => Ok(None),
+        Some(value) => {
+            let value = value.to_string_lossy();
+            Transport::from_name(&value)
+                .map(Some)
+                .ok_or_else(|| value.into_owned())
+        }
+    }
+}
 
 /// `none`, or a whole number with a unit (`ms`, `s`, `m`, `h`): `Some(None)` for no
 /// TTL, `Some(Some(d))` for a duration, `None` if it does not parse.

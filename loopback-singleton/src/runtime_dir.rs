@@ -1,7 +1,8 @@
 //! The per-user, per-name runtime directory: where it is, whether it can be trusted, the
 //! locks, and the files in it (metadata, secret, log).
 //!
-//! Layout: `<base>/<name>/{metadata.json, secret, lock, instance.lock, daemon.log}` where
+//! Layout: `<base>/<name>/{metadata.json, secret, lock, instance.lock, daemon.log,
+//! daemon.sock}` where
 //! `<base>` is `$LOOPBACK_SINGLETON_DIR`, else `$XDG_RUNTIME_DIR/loopback-singleton`, else
 //! the platform's per-user runtime directory (`$TMPDIR` on macOS, `%LOCALAPPDATA%` on
 //! Windows) + `/loopback-singleton`, else `~/.cache/loopback-singleton`.
@@ -40,6 +41,10 @@ const SECRET: &str = "secret";
 const LOCK: &str = "lock";
 const INSTANCE_LOCK: &str = "instance.lock";
 const LOG: &str = "daemon.log";
+/// The daemon's Unix socket (where the platform has them).
+pub(crate) const SOCKET: &str = "daemon.sock";
+/// The log before the last rotation (see `rotate_log`).
+const OLD_LOG: &str = "daemon.log.1";
 
 /// What a running daemon publishes about itself. Written atomically, 0600.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +61,14 @@ pub(crate) struct Metadata {
     pub init_description: String,
     pub protocol: u16,
     pub crate_version: String,
+    /// The daemon's Unix socket in this directory, if it listens on one (absent from
+    /// the metadata of daemons that predate the Unix transport).
+    #[serde(default)]
+    pub socket: Option<String>,
+    /// The idle TTL the daemon runs with, in milliseconds (options, else
+    /// `LOOPBACK_SINGLETON_IDLE_TTL`); `None`: it never retires for want of clients.
+    #[serde(default)]
+    pub idle_ttl_ms: Option<u64>,
 }
 
 /// A validated, open runtime directory for one singleton name. Cheap to clone: clones
@@ -353,6 +366,12 @@ impl RuntimeDir {
         self.open_file(LOG, Access::Append)
     }
 
+    /// Renames the daemon's log to `daemon.log.1` (replacing an older one): the next
+    /// [`open_log`](Self::open_log) starts an empty file.
+    pub(crate) fn rotate_log(&self) -> io::Result<()> {
+        sys::rename_at(&self.handle, LOG, OLD_LOG)
+    }
+
     /// Removes the files of a daemon that is gone. The lock files stay: deleting a lock
     /// file others may hold open would let two processes "hold" it at once.
     pub(crate) fn remove_stale(&self) -> Result<(), Error> {
@@ -367,6 +386,79 @@ impl RuntimeDir {
         Ok(())
     }
 
+    /// Checks what sits where the daemon's Unix socket goes: `Ok(false)` for nothing,
+    /// `Ok(true)` for a socket of ours; anything else (a symbolic link, a regular file,
+    /// another user's socket) is an [`Error::RuntimeDir`], never removed or followed.
+    pub(crate) fn check_socket_slot(&self) -> Result<bool, Error> {
+        let path = self.display(SOCKET);
+        let stat = match sys::lstat_at(&self.handle, SOCKET) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(refuse(&path, format!("cannot inspect it: {error}"))),
+            Ok(stat) => stat,
+        };
+        let socket = sys::is_socket_at(&self.handle, SOCKET)
+            .map_err(|error| refuse(&path, format!("cannot inspect it: {error}")))?;
+        if !socket {
+            let what = match stat.kind {
+                FileKind::Symlink => "a symbolic link",
+                FileKind::Dir => "a directory",
+                FileKind::File => "a regular file",
+                FileKind::Other => "a special file",
+            };
+            return Err(refuse(
+                &path,
+                format!(
+                    "it is not a socket (it is {what}); remove it (`rm {}`) and let the \
+                     daemon create its socket",
+                    path.display()
+                ),
+            ));
+        }
+        let me = sys::euid();
+        if stat.uid != me {
+            return Err(refuse(
+                &path,
+                format!(
+                    "it is a socket of uid {}, not yours (uid {me}); remove it",
+                    stat.uid
+                ),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Binds the daemon's Unix socket, replacing a stale one: the caller holds the
+    /// instance lock, so a socket of that name is a predecessor's that is gone (killed,
+    /// or it never removed it). Anything else there is refused (see
+    /// [`check_socket_slot`](Self::check_socket_slot)). `Ok(Err(reason))` when this
+    /// daemon cannot have a socket (no Unix sockets on the platform, or an address too
+    /// long for it): it serves TCP only.
+    pub(crate) fn bind_socket(&self) -> Result<Result<sys::UnixListener, String>, Error> {
+        let path = self.display(SOCKET);
+        if self.check_socket_slot()? {
+            self.remove(SOCKET).map_err(|error| {
+                Error::io(format!("removing the stale {}", path.display()), error)
+            })?;
+        }
+        Ok(sys::bind_unix_at(&self.handle, &self.path, SOCKET)
+            .map_err(|error| format!("cannot listen on {}: {error}", path.display())))
+    }
+
+    /// Removes the daemon's socket file (the caller holds the instance lock and bound it).
+    pub(crate) fn remove_socket(&self) {
+        let _ = self.remove(SOCKET);
+    }
+
+    /// Connects to the Unix socket `socket` of this directory within `timeout` (see
+    /// `sys::connect_unix_at` for how a path too long for a socket address is handled).
+    pub(crate) fn connect_socket(
+        &self,
+        socket: &str,
+        timeout: Duration,
+    ) -> io::Result<sys::Stream> {
+        sys::connect_unix_at(&self.handle, &self.path, socket, timeout)
+    }
+
     /// Unpublishes the daemon `instance`: removes metadata and secret if the metadata
     /// still names it. The caller holds the instance lock, so no successor can have
     /// published in the meantime; the check only spares files of an unrelated writer.
@@ -374,6 +466,9 @@ impl RuntimeDir {
         if let Ok(Some(metadata)) = self.read_metadata() {
             if metadata.instance == instance {
                 let _ = self.remove_stale();
+                if metadata.socket.as_deref() == Some(SOCKET) {
+                    self.remove_socket();
+                }
             }
         }
     }

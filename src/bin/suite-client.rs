@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! suite-client inc START COUNT      # connect(START), COUNT x inc(); prints "pid=P last=V"
+//!                                   # and "transport=T served-over=D" (this client's
+//!                                   # transport, and the daemon's word on it)
 //! suite-client get START            # prints "pid=P value=V"
 //! suite-client fragile MODE         # connect Fragile (ok|panic|error); prints "hello"
 //! suite-client limits [BUMP]        # connect Limits::standard(BUMP); prints "pid=P order=O"
@@ -10,19 +12,21 @@
 //!                                   # itself (Service::serve) until shut down
 //! ```
 //! The singleton name comes from `SUITE_NAME`, the runtime dir from
-//! `LOOPBACK_SINGLETON_DIR`. Errors go to stderr with exit status 1, except that
+//! `LOOPBACK_SINGLETON_DIR`; `SUITE_TRANSPORT`, if set, is passed to
+//! `builder().transport(..)`. Errors go to stderr (Display, then Debug on a `debug: `
+//! line) with exit status 1, except that
 //! `limits` reports `InitMismatch` on stdout (`wanted=...` and `running=...` lines)
 //! with exit status 3.
 
 use std::io::Write;
 use std::time::Duration;
 
-use loopback_singleton::{Error, ServeOptions, Service};
+use loopback_singleton::{Error, ServeOptions, Service, Transport};
 use loopback_singleton_suite::{CounterClient, FragileClient, Limits, LimitsClient};
 
 fn main() {
     if let Err(error) = run() {
-        eprintln!("error: {error}");
+        eprintln!("error: {error}\ndebug: {error:?}");
         std::process::exit(1);
     }
 }
@@ -33,12 +37,23 @@ fn run() -> Result<(), loopback_singleton::Error> {
     let number = |i: usize| -> u64 { args[i].parse().expect("a number") };
     match args.first().map(String::as_str) {
         Some("inc") => {
-            let counter = CounterClient::builder().name(name).connect(number(1))?;
+            let mut builder = CounterClient::builder().name(name);
+            if let Ok(transport) = std::env::var("SUITE_TRANSPORT") {
+                builder = builder.transport(
+                    Transport::from_name(&transport).expect("SUITE_TRANSPORT: tcp|unix|shm"),
+                );
+            }
+            let counter = builder.connect(number(1))?;
             let mut last = 0;
             for _ in 0..number(2) {
                 last = counter.inc()?;
             }
             println!("pid={} last={last}", counter.pid()?);
+            println!(
+                "transport={} served-over={}",
+                counter.client().transport(),
+                counter.ping()?.transport
+            );
         }
         Some("get") => {
             let counter = CounterClient::builder().name(name).connect(number(1))?;

@@ -141,3 +141,18 @@ pub fn field(output: &Output, key: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Whether the tests run as root (those that need another user skip otherwise). Unix
+/// only, like `chmod`.
+#[cfg(unix)]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(unix)]
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|error| panic!("chmod {mode:o} {}: {error}", path.display()));
+}

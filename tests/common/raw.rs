@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"LBSNGLTN";
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 
 #[derive(Serialize, Deserialize)]
 pub struct Hello {
@@ -34,6 +34,8 @@ pub struct Auth {
     pub schema: Option<u64>,
     pub init: Option<u64>,
     pub starter: Option<[u8; 32]>,
+    /// How the connection is to be served (must match the socket it came on).
+    pub transport: loopback_singleton::Transport,
 }
 
 /// Only `Welcome` is decoded here; anything else fails the test that expects it.
@@ -140,6 +142,7 @@ pub fn answer(stream: &mut TcpStream, proof: [u8; 32], schema: Option<u64>) {
         schema,
         init: None,
         starter: None,
+        transport: loopback_singleton::Transport::Tcp,
     };
     send(stream, &auth).unwrap();
 }

@@ -20,13 +20,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{self as client, Builder, Client, lock};
 use crate::error::Error;
-use crate::protocol::{self, DaemonInfo, FrameError, Stats};
+use crate::protocol::{self, DaemonInfo, FrameError, Stats, Transport};
 use crate::service::Service;
+use crate::sys;
 
 /// The untyped async client underneath a generated `<Type>AsyncClient`: cheap to clone,
 /// `Send + Sync`. Calls from any number of tasks share one connection; the daemon still
@@ -121,7 +121,7 @@ struct Core {
     name: String,
     /// Opens an authenticated connection, finding or starting the daemon (blocking).
     /// Returns the stream and the id of the daemon instance it leads to.
-    connect: Box<dyn Fn() -> Result<(std::net::TcpStream, u64), Error> + Send + Sync>,
+    connect: Box<dyn Fn() -> Result<(sys::Stream, u64), Error> + Send + Sync>,
     /// The live connection, if any.
     link: Mutex<Option<Arc<Link>>>,
     /// Held while (re)connecting, so that concurrent calls wait for one connection
@@ -247,6 +247,12 @@ impl<S: 'static> AsyncClient<S> {
         self.blocking.name()
     }
 
+    /// The transport this client's connection uses (see
+    /// [`Builder::transport`](crate::Builder::transport)).
+    pub fn transport(&self) -> Transport {
+        self.blocking.transport()
+    }
+
     /// Encodes a request frame with a fresh call id.
     fn request(
         &self,
@@ -332,16 +338,14 @@ impl Core {
 impl Link {
     /// Takes over an authenticated connection: spawns its writer and reader tasks.
     fn start(
-        stream: std::net::TcpStream,
+        stream: sys::Stream,
         instance: u64,
         max_frame: u32,
         name: &str,
     ) -> Result<Arc<Link>, Error> {
         let register = |error| Error::io("registering the connection with tokio", error);
         stream.set_read_timeout(None).map_err(register)?;
-        stream.set_nonblocking(true).map_err(register)?;
-        let stream = tokio::net::TcpStream::from_std(stream).map_err(register)?;
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = stream.into_async().map_err(register)?.into_split();
         let (requests, queue) = mpsc::unbounded_channel();
         let waiters = Arc::new(Mutex::new(Waiters {
             open: true,
@@ -389,7 +393,7 @@ fn lost(name: &str, why: &str) -> Error {
 
 /// Sends queued requests, several per write when they have piled up.
 async fn write_requests(
-    mut writer: OwnedWriteHalf,
+    mut writer: sys::WriteHalf,
     mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
     waiters: Arc<Mutex<Waiters>>,
     name: String,
@@ -432,7 +436,7 @@ impl Drop for FailOnDrop {
 
 /// Hands each reply to the call waiting for its id, until the connection ends.
 async fn read_replies(
-    reader: OwnedReadHalf,
+    reader: sys::ReadHalf,
     waiters: Arc<Mutex<Waiters>>,
     max_frame: u32,
     name: String,

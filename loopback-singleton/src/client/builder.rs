@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::options::ServeOptions;
+use crate::protocol::Transport;
 use crate::service::Service;
 
 use super::Client;
@@ -46,6 +47,7 @@ pub struct Builder<S> {
     pub(super) call_timeout: Option<Duration>,
     pub(super) daemon_command: Option<PathBuf>,
     pub(super) attach: bool,
+    pub(super) transport: Option<Transport>,
     pub(super) service: PhantomData<fn() -> S>,
 }
 
@@ -64,6 +66,7 @@ impl<S> fmt::Debug for Builder<S> {
             .field("call_timeout", &self.call_timeout)
             .field("daemon_command", &self.daemon_command)
             .field("attach", &self.attach)
+            .field("transport", &self.transport)
             .finish()
     }
 }
@@ -79,6 +82,7 @@ impl<S: Service> Builder<S> {
             call_timeout: None,
             daemon_command: None,
             attach: false,
+            transport: None,
             service: PhantomData,
         }
     }
@@ -165,6 +169,16 @@ impl<S: Service> Builder<S> {
     /// none runs.
     pub fn attach(mut self) -> Self {
         self.attach = true;
+        self
+    }
+
+    /// How this client talks to the daemon (default: `LOOPBACK_SINGLETON_TRANSPORT`,
+    /// else [`Transport::Tcp`]). Every daemon serves every transport its platform has,
+    /// so this is the client's choice alone: clients with different transports share
+    /// one daemon and one instance. A transport that cannot be used fails `connect`
+    /// with [`Error::TransportUnavailable`].
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = Some(transport);
         self
     }
 

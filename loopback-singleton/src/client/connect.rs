@@ -6,9 +6,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::protocol::{self, FrameError, ProtocolError, RemoteError, Secret};
+use crate::protocol::{self, FrameError, ProtocolError, RemoteError, Secret, Transport};
 use crate::runtime_dir::{HeldLock, RuntimeDir};
 use crate::spawn::{self, SpawnError};
+use crate::sys::{self, Stream};
 
 use super::*;
 use crate::protocol::handshake::{ClientHalf, Peer};
@@ -25,6 +26,11 @@ pub(super) struct Endpoint {
     pub(super) protocol: u16,
     /// For the daemon this client started: the token that tells it its starter came.
     pub(super) starter: Option<protocol::Nonce>,
+    /// Its Unix socket, if it has one: a name in `dir`.
+    pub(super) socket: Option<String>,
+    /// The runtime directory the metadata was read from (and checked), through which
+    /// the socket is reached.
+    pub(super) dir: RuntimeDir,
 }
 
 /// Why opening a connection to an endpoint failed.
@@ -124,6 +130,9 @@ impl Inner {
         }
         let start_lock = start_lock.expect("the loop leaves with the lock held");
         dir.remove_stale()?;
+        // What would keep the daemon from binding its socket is refused here, before
+        // anything is spawned, as any other hostile file in the directory.
+        dir.check_socket_slot()?;
         // A predecessor that unpublished itself may still be finishing its last call or
         // dropping its instance: its successor starts only once it is gone. (Free now,
         // the instance lock stays free while we hold the start lock: only a host holding
@@ -168,6 +177,11 @@ impl Inner {
             name: self.name.clone(),
             reason: "the daemon reported ready but its secret file is missing".into(),
         })?;
+        // The daemon published its metadata before reporting ready.
+        let socket = dir
+            .read_metadata()?
+            .filter(|metadata| metadata.instance == instance)
+            .and_then(|metadata| metadata.socket);
         let endpoint = Endpoint {
             port,
             secret,
@@ -175,6 +189,8 @@ impl Inner {
             instance,
             protocol: protocol::PROTOCOL_VERSION,
             starter: self.launch.starter,
+            socket,
+            dir: dir.clone(),
         };
         // The daemon we started keeps its first handshake timeout for us whatever its
         // idle TTL; a busy moment (a loaded machine) is worth another try.
@@ -213,6 +229,8 @@ impl Inner {
             instance: metadata.instance,
             protocol: metadata.protocol,
             starter: None,
+            socket: metadata.socket,
+            dir: dir.clone(),
         };
         match self.dial(&endpoint) {
             Ok(connection) => Probe::Found(connection, endpoint),
@@ -222,22 +240,96 @@ impl Inner {
         }
     }
 
+    /// Opens a socket to `endpoint` on this client's transport: TCP, or the daemon's
+    /// Unix socket, whose peer must be this user.
+    fn open_stream(&self, endpoint: &Endpoint) -> Result<Stream, DialError> {
+        let unavailable = |reason: String| {
+            DialError::Fatal(Error::TransportUnavailable {
+                name: self.name.clone(),
+                transport: self.transport,
+                reason,
+            })
+        };
+        let socket = match self.transport {
+            Transport::Unix | Transport::SharedMemory => match &endpoint.socket {
+                Some(socket) => socket,
+                None => {
+                    return Err(unavailable(format!(
+                        "the running daemon (pid {}) listens on no Unix socket (its log, {}, \
+                         says why, or it predates the unix transport)",
+                        endpoint.pid,
+                        endpoint.dir.log_path().display()
+                    )));
+                }
+            },
+            _ => {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, endpoint.port));
+                return TcpStream::connect_timeout(&addr, self.connect_timeout)
+                    .map(Stream::Tcp)
+                    .map_err(|source| {
+                        let refused = source.kind() == ErrorKind::ConnectionRefused;
+                        let error = Error::Connect {
+                            name: self.name.clone(),
+                            addr,
+                            source,
+                        };
+                        if refused {
+                            DialError::Stale(error)
+                        } else {
+                            DialError::Busy(error)
+                        }
+                    });
+            }
+        };
+        let path = endpoint.dir.path().join(socket);
+        let stream = endpoint
+            .dir
+            .connect_socket(socket, self.connect_timeout)
+            .map_err(|source| {
+                let kind = source.kind();
+                if matches!(kind, ErrorKind::InvalidInput | ErrorKind::Unsupported) {
+                    return unavailable(source.to_string());
+                }
+                let error = Error::io(
+                    format!(
+                        "cannot connect to the daemon of `{}` at {}",
+                        self.name,
+                        path.display()
+                    ),
+                    source,
+                );
+                // Refused: nobody listens any more (the daemon is exiting). A missing file
+                // under a live daemon is not stale state to clean up (the daemon may be
+                // retiring, which removes it, or someone deleted it): wait and look again.
+                if kind == ErrorKind::ConnectionRefused {
+                    DialError::Stale(error)
+                } else {
+                    DialError::Busy(error)
+                }
+            })?;
+        // Only this user (or root) can put a socket in the private runtime directory;
+        // the kernel's word on who listens on it is checked all the same.
+        let me = sys::euid();
+        match stream.peer_uid() {
+            Ok(Some(uid)) if uid == me => Ok(stream),
+            Ok(peer) => Err(DialError::Fatal(Error::Auth {
+                name: self.name.clone(),
+                reason: format!(
+                    "the process listening on {} runs as uid {}, not as you (uid {me})",
+                    path.display(),
+                    peer.map_or_else(|| "?".into(), |uid| uid.to_string())
+                ),
+            })),
+            Err(source) => Err(DialError::Busy(Error::io(
+                format!("reading the peer credentials of {}", path.display()),
+                source,
+            ))),
+        }
+    }
+
     /// Connects to `endpoint` and runs the client's side of the mutual handshake.
     pub(super) fn dial(&self, endpoint: &Endpoint) -> Result<Connection, DialError> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, endpoint.port));
-        let stream = TcpStream::connect_timeout(&addr, self.connect_timeout).map_err(|source| {
-            let refused = source.kind() == ErrorKind::ConnectionRefused;
-            let error = Error::Connect {
-                name: self.name.clone(),
-                addr,
-                source,
-            };
-            if refused {
-                DialError::Stale(error)
-            } else {
-                DialError::Busy(error)
-            }
-        })?;
+        let stream = self.open_stream(endpoint)?;
         let lost = |source: std::io::Error| {
             DialError::Busy(Error::ConnectionLost {
                 name: self.name.clone(),
@@ -245,7 +337,7 @@ impl Inner {
             })
         };
         let configure = stream
-            .set_nodelay(true)
+            .set_nodelay()
             .and_then(|()| stream.set_read_timeout(Some(self.connect_timeout)))
             .and_then(|()| stream.set_write_timeout(Some(self.connect_timeout)));
         configure.map_err(lost)?;
@@ -263,6 +355,7 @@ impl Inner {
             Some(self.schema),
             self.init,
             endpoint.starter,
+            self.transport,
         );
         let auth = match peer {
             Peer::Proven(auth) => auth,
@@ -338,6 +431,19 @@ impl Inner {
             ) => {
                 return Err(DialError::Busy(Error::Remote(RemoteError::ShuttingDown)));
             }
+            protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Transport {
+                reason,
+            }) => {
+                return Err(DialError::Fatal(Error::TransportUnavailable {
+                    name: self.name.clone(),
+                    transport: self.transport,
+                    reason,
+                }));
+            }
+        };
+        let shm = match self.transport {
+            Transport::SharedMemory => Some(Box::new(self.take_region(&mut reader)?)),
+            _ => None,
         };
         let stream = reader.get_ref();
         stream
@@ -350,12 +456,13 @@ impl Inner {
             instance,
             max_frame,
             request_len: 0,
+            shm,
         })
     }
 
     pub(super) fn read_handshake<T: serde::de::DeserializeOwned>(
         &self,
-        reader: &mut BufReader<TcpStream>,
+        reader: &mut BufReader<Stream>,
         buf: &mut Vec<u8>,
         what: &'static str,
     ) -> Result<T, DialError> {

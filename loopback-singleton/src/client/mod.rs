@@ -10,13 +10,13 @@ pub(crate) mod async_client;
 mod builder;
 mod connect;
 mod pool;
+mod shm;
 
 pub use builder::Builder;
 
 use std::fmt;
 use std::io::Write;
 use std::marker::PhantomData;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -25,7 +25,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::protocol::{self, DaemonInfo, ProtocolError, RemoteError, Stats};
+use crate::options::{TRANSPORT_ENV, transport_from_env};
+use crate::protocol::{self, DaemonInfo, ProtocolError, RemoteError, Stats, Transport};
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::service::Service;
 use crate::spawn::Launch;
@@ -178,6 +179,30 @@ impl<S: Service> Client<S> {
             .name
             .clone()
             .unwrap_or_else(|| S::NAME.to_string());
+        let transport = match builder.transport {
+            Some(transport) => transport,
+            None => transport_from_env()
+                .map_err(|value| Error::Environment {
+                    variable: TRANSPORT_ENV.into(),
+                    value,
+                    expected: "tcp, unix or shm".into(),
+                })?
+                .unwrap_or_default(),
+        };
+        let unavailable = |reason: &str| Error::TransportUnavailable {
+            name: name.clone(),
+            transport,
+            reason: reason.into(),
+        };
+        match transport {
+            Transport::Unix | Transport::SharedMemory if !crate::sys::UNIX_SOCKETS => {
+                return Err(unavailable(
+                    "this platform has no Unix-domain sockets (which shared memory is set \
+                     up over); use tcp",
+                ));
+            }
+            _ => {}
+        }
         let base = runtime_dir::base_dir(builder.options.dir.as_deref())?;
         let dir = RuntimeDir::open(&base, &name)?;
         let launch = Launch::new(name.clone(), base, builder.options.clone(), init)?;
@@ -194,6 +219,7 @@ impl<S: Service> Client<S> {
             call_timeout: builder.call_timeout,
             max_frame: builder.options.max_frame,
             daemon_command: builder.daemon_command,
+            transport,
             endpoint: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
@@ -210,7 +236,9 @@ pub(crate) enum FoundOrStarted<S, T> {
     Started(T),
 }
 
-/// What [`Inner::find_or_start`] came to.
+/// What [`Inner::find_or_start`] came to. Made once per daemon found or started, so
+/// its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Established<T> {
     Found(Connection, Endpoint),
     Started(T),
@@ -401,7 +429,7 @@ impl<S> Client<S> {
     /// Takes one authenticated connection out of this client (finding or starting the
     /// daemon if needed), for the async client to own. Blocking.
     /// Also returns the id of the daemon instance it leads to.
-    pub(crate) fn detach_connection(&self) -> Result<(TcpStream, u64), Error> {
+    pub(crate) fn detach_connection(&self) -> Result<(crate::sys::Stream, u64), Error> {
         let connection = self.inner.checkout()?;
         // The daemon speaks only when asked: nothing is buffered between calls.
         debug_assert!(connection.reader.buffer().is_empty());
@@ -416,6 +444,11 @@ impl<S> Client<S> {
     /// The singleton name this client talks to.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The transport this client's connections use (see [`Builder::transport`]).
+    pub fn transport(&self) -> Transport {
+        self.inner.transport
     }
 
     /// The runtime directory of this singleton (metadata, secret, lock, log).

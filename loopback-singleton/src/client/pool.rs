@@ -2,7 +2,6 @@
 //! other's round trips) and one request's round trip.
 
 use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::protocol::{self, Fingerprint, FrameError};
+use crate::protocol::{self, Fingerprint, FrameError, Transport};
 use crate::runtime_dir::RuntimeDir;
 use crate::spawn::Launch;
 
@@ -20,7 +19,7 @@ use super::*;
 
 /// One authenticated connection with its reusable buffer.
 pub(super) struct Connection {
-    pub(super) reader: BufReader<TcpStream>,
+    pub(super) reader: BufReader<crate::sys::Stream>,
     pub(super) buf: Vec<u8>,
     pub(super) instance: u64,
     /// The smaller of this client's and the daemon's frame limits: requests above it
@@ -28,6 +27,8 @@ pub(super) struct Connection {
     pub(super) max_frame: u32,
     /// Length of the last request sent from `buf` (its reply has replaced it since).
     pub(super) request_len: usize,
+    /// The shared region, on a connection of the shm transport.
+    pub(super) shm: Option<Box<super::shm::ShmLink>>,
 }
 
 pub(super) struct Inner {
@@ -47,6 +48,8 @@ pub(super) struct Inner {
     pub(super) call_timeout: Option<Duration>,
     pub(super) max_frame: u32,
     pub(super) daemon_command: Option<PathBuf>,
+    /// How this client's connections reach the daemon.
+    pub(super) transport: Transport,
     pub(super) endpoint: Mutex<Option<Endpoint>>,
     pub(super) idle: Mutex<Vec<Connection>>,
     pub(super) next_id: AtomicU64,
@@ -101,6 +104,9 @@ impl Inner {
     /// Sends the frame in `connection.buf` and reads the reply into the same buffer;
     /// returns where the reply's body starts.
     pub(super) fn round_trip(&self, connection: &mut Connection, id: u64) -> Result<usize, Error> {
+        if Self::through_region(connection) {
+            return self.shm_round_trip(connection, id);
+        }
         let Connection { reader, buf, .. } = connection;
         reader
             .get_ref()
@@ -125,8 +131,15 @@ impl Inner {
 
     /// Reads the reply to call `id` into `connection.buf`; returns where its body starts.
     pub(super) fn read_reply(&self, connection: &mut Connection, id: u64) -> Result<usize, Error> {
-        let Connection { reader, buf, .. } = connection;
-        match protocol::read_frame(reader, buf, self.max_frame) {
+        let Connection {
+            reader, buf, shm, ..
+        } = connection;
+        // An shm connection's socket may also carry doorbells (empty frames).
+        let read = match shm {
+            Some(_) => crate::shm::next_frame(reader, buf, self.max_frame),
+            None => protocol::read_frame(reader, buf, self.max_frame),
+        };
+        match read {
             Ok(()) => {}
             Err(FrameError::Io(error)) => return Err(self.lost(error)),
             Err(FrameError::Protocol(error)) => return Err(Error::Protocol(error)),

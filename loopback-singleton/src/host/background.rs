@@ -1,5 +1,5 @@
 //! A host on background threads of the calling process (what a single-instance
-//! primary runs): no fork, no log redirection.
+//! primary runs): no fork, no global logging (its events go to its own `daemon.log`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,7 +11,7 @@ use crate::spawn::{Launch, ReadySender};
 
 use super::*;
 /// A service hosted on background threads of the calling process, not in a detached
-/// daemon: no fork, no log redirection (logs only when `verbose`). What a
+/// daemon: no fork, nothing on the application's stderr (see `log`). What a
 /// single-instance primary runs. [`stop`](Self::stop) asks it to retire;
 /// [`join`](Self::join) waits until it has unpublished itself and dropped the instance.
 pub(crate) struct Background {
@@ -25,23 +25,24 @@ pub(crate) fn start_background<S: Service>(
     dir: RuntimeDir,
     launch: Launch,
     construct: Construct<S>,
-    verbose: bool,
 ) -> Result<Background, Error> {
-    let previous = QUIET.replace(!verbose);
-    let started = start::<S>(
-        &dir,
-        launch,
-        construct,
-        &mut ReadySender::none(),
-        PREDECESSOR_WAIT,
-    );
-    QUIET.set(previous);
-    let started = started?;
+    // Its events go to its own `daemon.log` through a dispatcher of the host's threads,
+    // never to the application's stderr or subscriber (see `log`).
+    let host_log = log::open(&dir);
+    let started = log::scoped(Some(host_log.clone()), || {
+        start::<S>(
+            &dir,
+            launch,
+            construct,
+            &mut ReadySender::none(),
+            PREDECESSOR_WAIT,
+        )
+    })?;
     let shared = Arc::clone(&started.shared);
     let thread = std::thread::Builder::new()
         .name("loopback-singleton-front".into())
         .spawn(move || {
-            QUIET.set(!verbose);
+            log::set(Some(host_log));
             let _ = started.serve(&dir, Signals::Ignore);
         })
         .map_err(|error| Error::io("spawning the front thread", error))?;

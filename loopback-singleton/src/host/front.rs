@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::protocol::{self, Secret};
+use crate::protocol::{self, Secret, Transport};
 use crate::sys;
 
 use super::*;
@@ -18,15 +17,13 @@ use crate::protocol::handshake::DaemonHalf;
 /// Accepts, authenticates and counts connections until the daemon retires; says why.
 pub(super) async fn front(
     listener: std::net::TcpListener,
+    unix: Option<sys::UnixListener>,
     shared: Arc<Shared>,
     secret: Secret,
     to_instance: mpsc::UnboundedSender<ToInstance>,
     signals: Signals,
 ) -> &'static str {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(listener))
-    {
+    let listener = match sys::Listeners::new(listener, unix) {
         Ok(listener) => listener,
         Err(_) => return "cannot register the listener",
     };
@@ -41,9 +38,22 @@ pub(super) async fn front(
         let slot_free = shared.handshaking.load(Ordering::Acquire) < MAX_PENDING_HANDSHAKES;
         tokio::select! {
             accepted = listener.accept(), if slot_free => match accepted {
-                Ok((stream, _)) => {
+                Ok(stream) => {
+                    // The kernel says who is at the other end of a Unix socket: only
+                    // this user gets as far as the handshake.
+                    match stream.peer_uid() {
+                        Ok(Some(uid)) if uid != sys::euid() => {
+                            log::emit_peer(|| tracing::warn!(uid, "connection refused: a Unix-socket peer of another user"));
+                            continue;
+                        }
+                        Err(error) => {
+                            log::emit_peer(|| tracing::warn!(%error, "connection refused: no peer credentials"));
+                            continue;
+                        }
+                        Ok(_) => {}
+                    }
                     if shared.connections.load(Ordering::Acquire) >= shared.options.max_connections {
-                        log_peer("connection refused: max_connections reached");
+                        log::emit_peer(|| tracing::warn!("connection refused: max_connections reached"));
                         continue;
                     }
                     shared.handshaking.fetch_add(1, Ordering::AcqRel);
@@ -51,7 +61,7 @@ pub(super) async fn front(
                 }
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
-                    log_peer(&format!("accept failed: {error}"));
+                    log::emit_peer(|| tracing::warn!(%error, "accept failed"));
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
@@ -83,27 +93,36 @@ pub(super) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 
 /// Runs the handshake under its deadline; hands an authenticated connection over.
 pub(super) async fn admit(
-    mut stream: TcpStream,
+    mut stream: sys::AsyncStream,
     shared: Arc<Shared>,
     secret: Secret,
     to_instance: mpsc::UnboundedSender<ToInstance>,
 ) {
-    let _ = stream.set_nodelay(true);
+    let arrived_on = if stream.is_unix() {
+        Transport::Unix
+    } else {
+        Transport::Tcp
+    };
     let outcome = tokio::time::timeout(
         shared.options.handshake_timeout,
-        handshake(&mut stream, &shared, &secret),
+        handshake(&mut stream, &shared, &secret, arrived_on),
     )
     .await;
     if shared.handshaking.fetch_sub(1, Ordering::AcqRel) == MAX_PENDING_HANDSHAKES {
         // The front thread may be waiting for a free slot.
         shared.wake_front.notify_one();
     }
-    if let Ok(Ok(admin)) = outcome {
+    if let Ok(Ok((admin, transport))) = outcome {
         if let Ok(stream) = stream.into_std() {
             shared.connections.fetch_add(1, Ordering::AcqRel);
             let guard = ConnectionGuard(Arc::clone(&shared));
             // If the instance thread is gone, the guard comes back and is dropped here.
-            let _ = to_instance.send(ToInstance::Connection(stream, guard, admin));
+            let _ = to_instance.send(ToInstance::Connection(Admitted {
+                stream,
+                guard,
+                admin,
+                transport,
+            }));
         }
     }
 }
@@ -121,14 +140,17 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// The daemon's side of the mutual handshake (see [`crate::protocol::handshake`]). Any failure closes
-/// the connection without a word: an unauthenticated peer learns nothing. `Ok(true)`
-/// for an admin connection (no schema: ping, stats and shutdown only).
+/// The daemon's side of the mutual handshake (see [`crate::protocol::handshake`]) on a
+/// connection that came on the socket of `arrived_on`. Any failure closes the
+/// connection without a word: an unauthenticated peer learns nothing. Returns whether it
+/// is an admin connection (no schema: ping, stats and shutdown only), and the transport
+/// the client asked for.
 pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut T,
     shared: &Shared,
     secret: &Secret,
-) -> Result<bool, ()> {
+    arrived_on: Transport,
+) -> Result<(bool, Transport), ()> {
     let mut buf = Vec::new();
     protocol::read_frame_async(stream, &mut buf, protocol::MAX_HANDSHAKE_FRAME)
         .await
@@ -145,7 +167,7 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(drop)?;
     let auth: protocol::handshake::Auth = protocol::decode("auth", &buf).map_err(drop)?;
     if !half.admits(secret, &auth) {
-        log_peer("handshake refused: bad client proof");
+        log::emit_peer(|| tracing::warn!("handshake refused: bad client proof"));
         return Err(());
     }
     let verdict = if shared.shutting_down.load(Ordering::Acquire) {
@@ -159,6 +181,8 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Init {
             running: shared.init_description.clone(),
         })
+    } else if let Some(reason) = refused_transport(auth.transport, arrived_on) {
+        protocol::handshake::Verdict::Rejected(protocol::handshake::Rejection::Transport { reason })
     } else {
         protocol::handshake::Verdict::Welcome {
             pid: shared.pid,
@@ -178,7 +202,20 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     if !admin && (shared.starter.is_none() || auth.starter == shared.starter) {
         shared.starter_arrived.store(true, Ordering::Release);
     }
-    Ok(admin)
+    Ok((admin, auth.transport))
+}
+
+/// Why a client asking for `asked` on a connection that came on the socket of
+/// `arrived_on` cannot be served, if it cannot.
+fn refused_transport(asked: Transport, arrived_on: Transport) -> Option<String> {
+    match asked {
+        // Shared memory is set up over the Unix socket.
+        Transport::SharedMemory if arrived_on == Transport::Unix => None,
+        asked if asked != arrived_on => Some(format!(
+            "a client asking for the {asked} transport connected over {arrived_on}"
+        )),
+        _ => None,
+    }
 }
 
 pub(super) async fn write_message<T: Serialize>(

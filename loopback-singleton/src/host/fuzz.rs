@@ -9,7 +9,6 @@ use tokio::sync::{Mutex, Notify};
 
 use super::front;
 use super::instance::connection_loop;
-use super::log::QUIET;
 use super::*;
 
 fn shared<S: Service>(max_frame: u32) -> Shared {
@@ -43,7 +42,6 @@ fn block_on<F: Future>(future: F) -> F::Output {
             .build()
             .expect("a tokio runtime");
     }
-    QUIET.set(true);
     RUNTIME.with(|runtime| runtime.block_on(future))
 }
 
@@ -55,7 +53,7 @@ pub(crate) fn handshake<S: Service>(input: &[u8]) -> (Vec<u8>, bool) {
     let mut output = Vec::new();
     let admitted = block_on(async {
         let mut stream = tokio::io::join(input, &mut output);
-        front::handshake(&mut stream, &shared, &secret)
+        front::handshake(&mut stream, &shared, &secret, protocol::Transport::Tcp)
             .await
             .is_ok()
     });
@@ -75,6 +73,7 @@ pub(crate) fn requests<S: Service>(instance: S, input: &[u8], max_frame: u32) ->
         &instance,
         &shared,
         false,
+        protocol::Transport::Tcp,
     ))
     .is_ok();
     (output, clean)

@@ -19,7 +19,8 @@ pub fn daemon_hook<S: Service>() {
     // without a word; the daemon's own failures are reported and logged inside.
     let code = catch_unwind(AssertUnwindSafe(|| become_daemon::<S>(launch, ready))).unwrap_or_else(
         |panic| {
-            log(&format!("exiting on a panic: {}", panic_message(&*panic)));
+            let message = panic_message(&*panic);
+            log::emit(|| tracing::error!("exiting on a panic: {message}"));
             101
         },
     );
@@ -55,13 +56,13 @@ fn run_launched<S: Service>(launch: Launch, mut ready: ReadySender) -> i32 {
             return 1;
         }
     };
-    sys::daemon_stdio(dir.open_log());
+    log::install_daemon(log::open(&dir));
     // The client waited for the predecessor to be gone before it spawned us, under the
     // start lock we share: the wait below is a safeguard.
     match run::<S>(&dir, launch, ready, None, PREDECESSOR_WAIT) {
         Ok(()) => 0,
         Err(error) => {
-            log(&format!("exiting on error: {error}"));
+            log::emit(|| tracing::error!("exiting on error: {error}"));
             1
         }
     }

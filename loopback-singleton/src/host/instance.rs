@@ -11,10 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::protocol::{self, FrameError, RemoteError};
+use crate::protocol::{self, FrameError, RemoteError, Transport};
 use crate::service::{Dispatch, Service};
 
 use super::metrics::{self, Outcome, Sample};
@@ -55,8 +54,8 @@ pub(super) fn instance_thread<S: Service>(
     let instance = Rc::new(Mutex::new(Some(instance)));
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
-        while let Some(ToInstance::Connection(stream, guard, admin)) = from_front.recv().await {
-            tokio::task::spawn_local(serve_connection(stream, guard, admin, Rc::clone(&instance)));
+        while let Some(ToInstance::Connection(admitted)) = from_front.recv().await {
+            tokio::task::spawn_local(serve_connection(admitted, Rc::clone(&instance)));
         }
         // Waits for the call in flight, if any; later calls find no instance.
         let dropped = instance.lock().await.take();
@@ -66,15 +65,15 @@ pub(super) fn instance_thread<S: Service>(
 
 /// Per-connection buffers, reused across calls.
 pub(super) struct Buffers {
-    input: Vec<u8>,
-    output: Vec<u8>,
+    pub(super) input: Vec<u8>,
+    pub(super) output: Vec<u8>,
 }
 
 impl Buffers {
     /// Keeps one huge payload from pinning its memory for the connection's lifetime,
     /// but keeps a big buffer while messages still fill a good part of it: dropping it
     /// after every large call cost a fresh allocation and its page faults per call.
-    fn trim(&mut self) {
+    pub(super) fn trim(&mut self) {
         const KEEP: usize = 64 << 10;
         for buf in [&mut self.input, &mut self.output] {
             if buf.capacity() > 16 * KEEP && buf.len() < buf.capacity() / 4 {
@@ -85,16 +84,32 @@ impl Buffers {
 }
 
 /// Serves one authenticated connection; its guard counts it until this ends. An admin
-/// connection (no schema) gets ping, stats and shutdown only.
+/// connection (no schema) gets ping, stats and shutdown only. Every transport that
+/// exists today is served over the socket itself; one served another way (shared
+/// memory) branches off here on `admitted.transport`, which the front refuses until
+/// it exists (`front::refused_transport`).
 pub(super) async fn serve_connection<S: Service>(
-    stream: std::net::TcpStream,
-    guard: ConnectionGuard,
-    admin: bool,
+    admitted: Admitted,
     instance: Rc<Mutex<Option<S>>>,
 ) {
-    if let Ok(mut stream) = TcpStream::from_std(stream) {
-        let (reader, writer) = stream.split();
-        let _ = connection_loop(reader, writer, &instance, &guard.0, admin).await;
+    let Admitted {
+        stream,
+        guard,
+        admin,
+        transport,
+    } = admitted;
+    if let Ok(stream) = stream.into_async() {
+        if transport == Transport::SharedMemory {
+            let serving = Serving {
+                instance: &instance,
+                shared: &guard.0,
+                admin,
+                transport,
+            };
+            return super::shm::serve(stream, &serving).await;
+        }
+        let (reader, writer) = stream.into_split();
+        let _ = connection_loop(reader, writer, &instance, &guard.0, admin, transport).await;
     }
 }
 
@@ -104,11 +119,18 @@ pub(super) async fn connection_loop<S: Service>(
     instance: &Mutex<Option<S>>,
     shared: &Shared,
     admin: bool,
+    transport: Transport,
 ) -> Result<(), ()> {
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     let mut buffers = Buffers {
         input: Vec::with_capacity(4096),
         output: Vec::with_capacity(4096),
+    };
+    let serving = Serving {
+        instance,
+        shared,
+        admin,
+        transport,
     };
     let outcome = loop {
         let Buffers { input, output } = &mut buffers;
@@ -116,7 +138,7 @@ pub(super) async fn connection_loop<S: Service>(
             Ok(()) => {}
             Err(FrameError::Io(_)) => break Ok(()),
             Err(FrameError::Protocol(error)) => {
-                log(&format!("closing a connection: {error}"));
+                log::emit(|| tracing::warn!(%error, "closing a connection"));
                 break Err(());
             }
         }
@@ -125,7 +147,7 @@ pub(super) async fn connection_loop<S: Service>(
         let (id, kind, body) = match protocol::split_request(input) {
             Ok(header) => header,
             Err(error) => {
-                log(&format!("closing a connection: {error}"));
+                log::emit(|| tracing::warn!(%error, "closing a connection"));
                 break Err(());
             }
         };
@@ -138,6 +160,56 @@ pub(super) async fn connection_loop<S: Service>(
             writer.write_all(output).await.map_err(drop)?;
             output.clear();
         }
+        serving
+            .answer(id, kind, body, bytes_in, read_at, output)
+            .await;
+        // Pipelined calls: while the next request is already complete in the read
+        // buffer, it runs at once and its reply joins this one, so a batch of calls is
+        // answered with one write instead of one per call. Nothing here waits on the
+        // socket or on another connection.
+        if output.len() < 64 << 10 && protocol::holds_frame(reader.buffer()) {
+            continue;
+        }
+        writer.write_all(output).await.map_err(drop)?;
+        buffers.trim();
+        buffers.output.clear();
+    };
+    // The replies of pipelined requests that came before a violation still go out:
+    // those calls ran.
+    if !buffers.output.is_empty() {
+        let _ = writer.write_all(&buffers.output).await;
+    }
+    outcome
+}
+
+/// What answering a request on a connection needs.
+pub(super) struct Serving<'a, S> {
+    pub(super) instance: &'a Mutex<Option<S>>,
+    pub(super) shared: &'a Shared,
+    /// No schema: ping, stats and shutdown only.
+    pub(super) admin: bool,
+    /// The connection's transport (what a ping reports).
+    pub(super) transport: Transport,
+}
+
+impl<S: Service> Serving<'_, S> {
+    /// Answers request `id` of `kind` (its frame was `bytes_in` bytes, read at
+    /// `read_at`) by appending the reply frame to `output`.
+    pub(super) async fn answer(
+        &self,
+        id: u64,
+        kind: protocol::Kind,
+        body: &[u8],
+        bytes_in: usize,
+        read_at: Instant,
+        output: &mut Vec<u8>,
+    ) {
+        let Serving {
+            instance,
+            shared,
+            admin,
+            transport,
+        } = *self;
         let start = output.len();
         match kind {
             protocol::Kind::Call if admin => {
@@ -158,7 +230,7 @@ pub(super) async fn connection_loop<S: Service>(
             }
             protocol::Kind::Ping => {
                 protocol::append_header(output, id, protocol::Status::Ok);
-                let info = daemon_info(shared);
+                let info = daemon_info(shared, transport);
                 postcard::to_io(&info, &mut *output).expect("encoding into a Vec cannot fail");
             }
             protocol::Kind::Stats => {
@@ -172,30 +244,14 @@ pub(super) async fn connection_loop<S: Service>(
                 postcard::to_io(&stats, &mut *output).expect("encoding into a Vec cannot fail");
             }
             protocol::Kind::Shutdown => {
-                log("shutdown requested by a client");
+                log::emit(|| tracing::info!("shutdown requested by a client"));
                 shared.shutting_down.store(true, Ordering::Release);
                 shared.wake_front.notify_one();
                 protocol::append_header(output, id, protocol::Status::Ok);
             }
         }
         protocol::close_frame(output, start);
-        // Pipelined calls: while the next request is already complete in the read
-        // buffer, it runs at once and its reply joins this one, so a batch of calls is
-        // answered with one write instead of one per call. Nothing here waits on the
-        // socket or on another connection.
-        if output.len() < 64 << 10 && protocol::holds_frame(reader.buffer()) {
-            continue;
-        }
-        writer.write_all(output).await.map_err(drop)?;
-        buffers.trim();
-        buffers.output.clear();
-    };
-    // The replies of pipelined requests that came before a violation still go out:
-    // those calls ran.
-    if !buffers.output.is_empty() {
-        let _ = writer.write_all(&buffers.output).await;
     }
-    outcome
 }
 
 /// Runs one call on the instance and appends the reply (minus its length) to `output`:
@@ -241,9 +297,17 @@ pub(super) async fn run_call<S: Service>(
                         Ok(Err(error)) => Some(RemoteError::BadReply {
                             message: error.to_string(),
                         }),
-                        Err(panic) => Some(RemoteError::Panic {
-                            message: panic_message(&*panic),
-                        }),
+                        Err(panic) => {
+                            let message = panic_message(&*panic);
+                            let method = method_name::<S>(index);
+                            log::emit(|| {
+                                tracing::error!(
+                                    method = %method.unwrap_or("?"),
+                                    "a call panicked: {message}"
+                                )
+                            });
+                            Some(RemoteError::Panic { message })
+                        }
                     }
                 }
             }
@@ -255,6 +319,7 @@ pub(super) async fn run_call<S: Service>(
         Some(RemoteError::ShuttingDown) => Outcome::Refused,
         Some(_) => Outcome::Error,
     };
+    log::call(method_name::<S>(index), &outcome, queue, handler);
     if let Some(fault) = fault {
         output.truncate(status_at + 1);
         output[status_at] = protocol::Status::Err.into();
@@ -270,7 +335,13 @@ pub(super) async fn run_call<S: Service>(
     })
 }
 
-pub(super) fn daemon_info(shared: &Shared) -> protocol::DaemonInfo {
+/// The name of the method a request's variant index names, if it names one.
+fn method_name<S: Service>(index: Option<u32>) -> Option<&'static str> {
+    S::METHODS.get(usize::try_from(index?).ok()?).copied()
+}
+
+/// What a ping on a connection of `transport` answers.
+pub(super) fn daemon_info(shared: &Shared, transport: Transport) -> protocol::DaemonInfo {
     protocol::DaemonInfo {
         pid: shared.pid,
         instance: shared.instance,
@@ -279,6 +350,7 @@ pub(super) fn daemon_info(shared: &Shared) -> protocol::DaemonInfo {
         calls_served: shared.calls_served.load(Ordering::Relaxed),
         clients: shared.connections.load(Ordering::Relaxed),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        transport,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The host: serves the one instance and serves authenticated clients on 127.0.0.1.
+//! The host: serves the one instance and serves authenticated clients on 127.0.0.1
+//! and, where the platform has them, on a Unix socket in the runtime directory.
 //!
 //! Two threads, each with a single-threaded tokio runtime:
 //! - the **front** thread accepts connections, runs handshakes (with a deadline),
@@ -24,6 +25,7 @@ mod hook;
 mod instance;
 mod log;
 mod metrics;
+mod shm;
 
 pub(crate) use background::{Background, start_background};
 pub use hook::daemon_hook;
@@ -44,7 +46,6 @@ use crate::sys;
 
 use self::front::{ConnectionGuard, front};
 use self::instance::instance_thread;
-use self::log::{QUIET, log, log_peer};
 use crate::service::panic_message;
 
 /// [`Service::serve`]: hosts `S` in this process until it retires.
@@ -66,13 +67,17 @@ pub fn serve<S: Service>(init: S::Init, options: ServeOptions) -> Result<(), Err
         starter: None,
         ..Launch::new(name, base, options, &init)?
     };
-    run::<S>(
-        &dir,
-        launch,
-        ReadySender::none(),
-        Some(lock),
-        Duration::from_secs(10),
-    )
+    // An application's own host: its events go to its `daemon.log`, through a
+    // dispatcher of this thread and the host's (see `log`), not the application's.
+    log::scoped(Some(log::open(&dir)), || {
+        run::<S>(
+            &dir,
+            launch,
+            ReadySender::none(),
+            Some(lock),
+            Duration::from_secs(10),
+        )
+    })
 }
 
 /// State shared by the front and instance threads.
@@ -143,8 +148,21 @@ impl Shared {
 
 /// What the front thread hands the instance thread.
 enum ToInstance {
-    Connection(std::net::TcpStream, ConnectionGuard, bool),
+    Connection(Admitted),
     Retire,
+}
+
+/// An authenticated connection, for the instance thread to serve.
+struct Admitted {
+    /// The socket it came on (left in non-blocking mode).
+    stream: sys::Stream,
+    /// Counts it until it ends.
+    guard: ConnectionGuard,
+    /// No schema: ping, stats and shutdown only.
+    admin: bool,
+    /// How the client asked to be served: over `stream` (TCP or Unix, matching it), or
+    /// through shared memory set up over it.
+    transport: protocol::Transport,
 }
 
 /// Builds the instance on the instance thread (so it need not be `Send`): for a daemon,
@@ -178,6 +196,8 @@ fn run<S: Service>(
 /// A host that is bound, built and published, but not serving yet.
 struct Started {
     listener: std::net::TcpListener,
+    /// The Unix socket, where the platform has one and it could be bound.
+    unix: Option<sys::UnixListener>,
     shared: Arc<Shared>,
     secret: Secret,
     to_instance: mpsc::UnboundedSender<ToInstance>,
@@ -201,7 +221,7 @@ fn start<S: Service>(
     predecessor_wait: Duration,
 ) -> Result<Started, Error> {
     let fail = |ready: &mut ReadySender, reason: String| {
-        log(&format!("start failed: {reason}"));
+        log::emit(|| tracing::error!("start failed: {reason}"));
         ready.send(&Readiness::Failed {
             reason: reason.clone(),
         });
@@ -213,6 +233,14 @@ fn start<S: Service>(
 
     // One instance of a name at a time: no constructor runs before the previous
     // instance's `Drop` has finished (which is where a service may persist its state).
+    log::emit(|| {
+        tracing::info!(
+            name = %launch.name,
+            pid = std::process::id(),
+            version = %env!("CARGO_PKG_VERSION"),
+            "starting"
+        )
+    });
     let instance_lock = match dir.lock_instance(predecessor_wait) {
         Ok(lock) => lock,
         Err(error) => return Err(fail(ready, error.to_string())),
@@ -222,6 +250,23 @@ fn start<S: Service>(
         Err(error) => return Err(fail(ready, format!("binding 127.0.0.1: {error}"))),
     };
     let port = listener.local_addr().map(|addr| addr.port()).unwrap_or(0);
+    // Under the instance lock: a socket file left there is a dead predecessor's.
+    let unix = match dir.bind_socket() {
+        Ok(Ok(unix)) => Some(unix),
+        Ok(Err(reason)) => {
+            log::emit(|| tracing::warn!(%reason, "serving TCP only"));
+            None
+        }
+        Err(error) => return Err(fail(ready, error.to_string())),
+    };
+    // A start that fails from here leaves no socket file behind.
+    let bound = unix.is_some();
+    let fail = |ready: &mut ReadySender, reason: String| {
+        if bound {
+            dir.remove_socket();
+        }
+        fail(ready, reason)
+    };
     let shared = Arc::new(Shared {
         name: launch.name.clone(),
         pid: std::process::id(),
@@ -248,12 +293,12 @@ fn start<S: Service>(
     let (to_instance, from_front) = mpsc::unbounded_channel();
     let (built_tx, built_rx) = std::sync::mpsc::channel();
     let instance_thread = {
-        let quiet = QUIET.get();
+        let host_log = log::current();
         let instance = shared.instance;
         std::thread::Builder::new()
             .name("loopback-singleton-instance".into())
             .spawn(move || {
-                QUIET.set(quiet);
+                log::set(host_log);
                 crate::service::host_on_this_thread(instance);
                 instance_thread::<S>(construct, built_tx, from_front)
             })
@@ -280,6 +325,11 @@ fn start<S: Service>(
         init_description: shared.init_description.clone(),
         protocol: protocol::PROTOCOL_VERSION,
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
+        socket: unix.is_some().then(|| runtime_dir::SOCKET.to_string()),
+        idle_ttl_ms: shared
+            .options
+            .idle_ttl
+            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
     };
     if let Err(error) = dir
         .write_secret(&secret)
@@ -289,10 +339,21 @@ fn start<S: Service>(
         let _ = instance_thread.join();
         return Err(fail(ready, error.to_string()));
     }
-    log(&format!(
-        "serving `{}` (pid {}, instance {:016x}) on 127.0.0.1:{port}",
-        shared.name, shared.pid, shared.instance
-    ));
+    log::emit(|| {
+        tracing::info!(
+            pid = shared.pid,
+            port,
+            version = %env!("CARGO_PKG_VERSION"),
+            instance = %format_args!("{:016x}", shared.instance),
+            idle_ttl = %shared.options.idle_ttl.map_or("none".into(), |ttl| format!("{ttl:?}")),
+            socket = %unix.as_ref().map_or_else(
+                || "none".into(),
+                |_| dir.path().join(runtime_dir::SOCKET).display().to_string()
+            ),
+            "serving `{}`",
+            shared.name
+        )
+    });
     ready.send(&Readiness::Ready {
         port,
         pid: shared.pid,
@@ -303,6 +364,7 @@ fn start<S: Service>(
     shared.mark_idle_now();
     Ok(Started {
         listener,
+        unix,
         shared,
         secret,
         to_instance,
@@ -325,6 +387,7 @@ impl Started {
     fn serve(self, dir: &RuntimeDir, signals: Signals) -> Result<(), Error> {
         let Started {
             listener,
+            unix,
             shared,
             secret,
             to_instance,
@@ -337,12 +400,13 @@ impl Started {
             .map_err(|error| Error::io("building the daemon runtime", error))?;
         let why = runtime.block_on(front(
             listener,
+            unix,
             Arc::clone(&shared),
             secret,
             to_instance.clone(),
             signals,
         ));
-        log(&format!("retiring: {why}"));
+        log::emit(|| tracing::info!(reason = %why, "retiring"));
         // Unpublish first, so that newcomers start a successor instead of finding us;
         // the successor waits for the instance lock, released only once our instance
         // is dropped.
@@ -351,7 +415,7 @@ impl Started {
         let _ = to_instance.send(ToInstance::Retire);
         let _ = instance_thread.join();
         drop(instance_lock);
-        log("instance dropped; exiting");
+        log::emit(|| tracing::info!("instance dropped; exiting"));
         Ok(())
     }
 }

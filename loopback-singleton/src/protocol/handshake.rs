@@ -37,6 +37,10 @@ pub(crate) struct Auth {
     /// which only that client and the daemon know): its arrival ends the daemon's grace
     /// before its first idle retirement.
     pub starter: Option<Nonce>,
+    /// How the client wants this connection served once it is authenticated: over the
+    /// socket it came on (TCP or Unix, which must match that socket), or through
+    /// shared memory set up over it.
+    pub transport: super::Transport,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,6 +67,10 @@ pub(crate) enum Rejection {
         running: String,
     },
     ShuttingDown,
+    /// The daemon cannot serve the transport the client asked for, and says why.
+    Transport {
+        reason: String,
+    },
 }
 
 /// Which side a proof speaks for: the labels keep a daemon's proof from being replayed
@@ -131,6 +139,7 @@ impl ClientHalf {
         schema: Option<Fingerprint>,
         init: Option<Fingerprint>,
         starter: Option<Nonce>,
+        transport: super::Transport,
     ) -> Peer {
         if challenge.magic != super::MAGIC {
             return Peer::Foreign;
@@ -152,6 +161,7 @@ impl ClientHalf {
             schema,
             init,
             starter,
+            transport,
         })
     }
 }
@@ -219,13 +229,27 @@ mod tests {
         let (client, hello) = ClientHalf::hello();
         let (daemon, challenge, same_version) = DaemonHalf::challenge(&secret, &hello).unwrap();
         assert!(same_version);
-        let Peer::Proven(auth) = client.answer(&secret, &challenge, Some(1), Some(2), None) else {
+        let Peer::Proven(auth) = client.answer(
+            &secret,
+            &challenge,
+            Some(1),
+            Some(2),
+            None,
+            Default::default(),
+        ) else {
             panic!("the daemon proved itself");
         };
         assert!(daemon.admits(&secret, &auth));
         assert!(!daemon.admits(&[5u8; 32], &auth));
         assert!(matches!(
-            client.answer(&[5u8; 32], &challenge, Some(1), None, None),
+            client.answer(
+                &[5u8; 32],
+                &challenge,
+                Some(1),
+                None,
+                None,
+                Default::default()
+            ),
             Peer::Unproven
         ));
         let other = Challenge {
@@ -233,7 +257,7 @@ mod tests {
             ..challenge
         };
         assert!(matches!(
-            client.answer(&secret, &other, None, None, None),
+            client.answer(&secret, &other, None, None, None, Default::default()),
             Peer::OtherVersion(99)
         ));
     }

@@ -115,6 +115,8 @@ pub struct DaemonInfo {
     pub clients: u32,
     /// The crate version the daemon was built with.
     pub version: String,
+    /// The transport of the connection that asked.
+    pub transport: super::Transport,
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod init;
 pub(crate) mod message;
 pub(crate) mod schema;
 mod stats;
+mod transport;
 
 pub use error::{ProtocolError, RemoteError};
 pub(crate) use frame::{
@@ -34,6 +35,7 @@ pub(crate) use init::{describe, init_fingerprint};
 pub use message::DaemonInfo;
 pub(crate) use message::{Kind, Status, append_header, split_reply, split_request};
 pub use stats::{Latency, MethodStats, Stats};
+pub use transport::Transport;
 
 /// A compile-time hash of a service's name, its method signatures as written, and the
 /// structure of every type that crosses the wire (`loopback_singleton::Schema`).
@@ -50,8 +52,10 @@ pub(crate) const MAGIC: [u8; 8] = *b"LBSNGLTN";
 /// hosts hold the instance lock (a host of version 1 would not keep a successor waiting
 /// while it drops its instance). 3: `Auth`'s schema is optional (an admin connection,
 /// ping and shutdown only). Kind 3 (stats) was added without a bump: an older daemon
-/// closes the connection on it, which the asker reports; nothing else changed.
-pub(crate) const PROTOCOL_VERSION: u16 = 3;
+/// closes the connection on it, which the asker reports; nothing else changed. 4: `Auth`
+/// names the client's transport, `Rejection::Transport` refuses one, and `DaemonInfo`
+/// says which transport the asking connection uses.
+pub(crate) const PROTOCOL_VERSION: u16 = 4;
 /// Default frame size limit: 64 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: u32 = 64 << 20;
 /// Frames of the handshake are tiny; anything bigger is refused before allocating.

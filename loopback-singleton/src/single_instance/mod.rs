@@ -317,8 +317,9 @@ impl<P: Payload> SingleInstance<P> {
         self
     }
 
-    /// As primary, log connection failures, refused handshakes and panicking callbacks
-    /// to stderr (default: silent).
+    /// As primary, log panicking callbacks to stderr (default: silent). The primary's
+    /// own events (connections closed on a protocol error, refused handshakes) go to
+    /// `daemon.log` in its runtime directory, as a daemon's do.
     pub fn verbose(mut self, verbose: bool) -> Self {
         self.verbose = verbose;
         self
@@ -398,7 +399,7 @@ impl<P: Payload> SingleInstance<P> {
             let found = Client::find_or_start(builder, payload_type, move |dir, launch| {
                 let launch = launch.clone();
                 let construct = Box::new(move || Ok(Host { state: host_state }));
-                host::start_background::<Host<P>>(dir.clone(), launch, construct, verbose)
+                host::start_background::<Host<P>>(dir.clone(), launch, construct)
             })?;
             let client = match found {
                 FoundOrStarted::Started(host) => {

@@ -3,8 +3,9 @@
 //! time, exit, effective uid, executable), descriptors handed to a spawned daemon and
 //! taken over by it, detaching, signals, limits.
 //!
-//! One file per platform family: [`unix`] (Linux, macOS, the BSDs) and `windows`.
-//! Imports nothing of the crate.
+//! One file per platform family: [`unix`] (Linux, macOS, the BSDs) and `windows`; one
+//! per facility that spans families: `stream` (TCP and Unix sockets) and `shm` (shared
+//! regions). Imports nothing of the crate.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,12 @@ pub(crate) use unix::*;
 mod windows;
 #[cfg(windows)]
 pub(crate) use windows::*;
+
+mod stream;
+pub(crate) use stream::*;
+
+mod shm;
+pub(crate) use shm::*;
 
 /// What `fstat` says about a file, as far as trust is concerned.
 #[derive(Debug, Clone, Copy)]

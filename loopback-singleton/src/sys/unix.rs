@@ -460,19 +460,27 @@ pub(crate) fn detach() -> io::Result<()> {
     }
 }
 
-/// Points stdout and stderr at the log file and ignores SIGPIPE, so that a vanished
-/// client never kills the daemon (std sets that up in `main`, which a daemon started
-/// before `main` never reaches).
-pub(crate) fn daemon_stdio(log: io::Result<File>) {
+/// Ignores SIGPIPE, so that a vanished client never kills the daemon (std sets that up
+/// in `main`, which a daemon started before `main` never reaches), and makes stdout and
+/// stderr the write end of a pipe whose read end `reader` takes (a thread that drains
+/// it into the capped log); if there is no pipe or `reader` fails, they stay as they
+/// are (the null device of a spawned daemon).
+pub(crate) fn daemon_stdio(reader: impl FnOnce(File) -> io::Result<()>) {
     // SAFETY: setting a signal disposition to SIG_IGN is always sound.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    if let Ok(file) = log {
+    let Ok((read, write)) = rustix::pipe::pipe() else {
+        return;
+    };
+    if rustix::io::fcntl_setfd(&read, rustix::io::FdFlags::CLOEXEC).is_err() {
+        return;
+    }
+    if reader(File::from(read)).is_ok() {
         // SAFETY: dup2 onto the standard descriptors, which this process owns.
         unsafe {
-            libc::dup2(file.as_raw_fd(), 1);
-            libc::dup2(file.as_raw_fd(), 2);
+            libc::dup2(write.as_raw_fd(), 1);
+            libc::dup2(write.as_raw_fd(), 2);
         }
     }
 }

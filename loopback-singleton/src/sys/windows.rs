@@ -479,15 +479,23 @@ pub(crate) fn detach() -> io::Result<()> {
     Ok(())
 }
 
-/// Points stdout and stderr at the log file (for the rest of the process's life).
-pub(crate) fn daemon_stdio(log: io::Result<File>) {
-    let Ok(file) = log else { return };
-    // SAFETY: the handles are ours and stay open for the life of the process.
-    unsafe {
-        if let Ok(copy) = file.try_clone() {
+/// Makes stdout and stderr the write end of a pipe whose read end `reader` takes (a
+/// thread that drains it into the capped log), for the rest of the process's life; if
+/// there is no pipe or `reader` fails, they stay as they are (none, in a spawned
+/// daemon: see [`take_inherited`]).
+pub(crate) fn daemon_stdio(reader: impl FnOnce(File) -> io::Result<()>) {
+    let Ok((read, write)) = pipe() else {
+        return;
+    };
+    let Ok(copy) = write.try_clone() else {
+        return;
+    };
+    if reader(read).is_ok() {
+        // SAFETY: the handles are ours and stay open for the life of the process.
+        unsafe {
             SetStdHandle(STD_ERROR_HANDLE, copy.into_raw_handle() as HANDLE);
+            SetStdHandle(STD_OUTPUT_HANDLE, write.into_raw_handle() as HANDLE);
         }
-        SetStdHandle(STD_OUTPUT_HANDLE, file.into_raw_handle() as HANDLE);
     }
 }
 
