@@ -1,6 +1,11 @@
 //! Faults with real processes: racing starts, daemons killed mid-call, ports taken over,
 //! corrupt and stale runtime files, version skew, leaks, and exact counts under churn.
 //! Each test has its own runtime directory and name and stops what it starts.
+//!
+//! Unix only: these tests stop processes with SIGSTOP/SIGKILL, read `/proc` and raise
+//! `RLIMIT_NOFILE`. The portable lifecycle tests (`lifecycle.rs`, `processes.rs`,
+//! `single_instance.rs`) also run on Windows.
+#![cfg(unix)]
 
 mod common;
 

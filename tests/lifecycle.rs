@@ -271,13 +271,23 @@ fn the_daemon_retires_after_the_idle_ttl() {
 #[test]
 fn a_killed_daemon_is_replaced_on_the_next_connect() {
     let env = TestEnv::new("sigkill");
-    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    // Under Wine 8 the connection to a process killed with TerminateProcess is at times
+    // never closed (the wineserver keeps the dead peer's socket and spins), so the next
+    // call would wait forever: there a call timeout bounds it, and a timeout counts as
+    // losing the daemon. Unix and Windows itself close the connection at once.
+    let wine = common::under_wine();
+    let counter: CounterClient = env
+        .builder::<Counter>()
+        .call_timeout(wine.then_some(Duration::from_secs(5)))
+        .connect(0)
+        .unwrap();
     counter.inc().unwrap();
     let pid = counter.pid().unwrap();
     common::kill(pid);
 
     match counter.inc() {
         Err(Error::ConnectionLost { .. }) => {}
+        Err(Error::Timeout { .. }) if wine => {}
         other => panic!("expected ConnectionLost, got {other:?}"),
     }
     let fresh: CounterClient = env.builder::<Counter>().connect(0).unwrap();
@@ -381,13 +391,15 @@ fn a_start_slower_than_the_timeout_still_ends_with_one_daemon() {
     assert_eq!(first.ping().unwrap().pid, second.ping().unwrap().pid);
     let log = std::fs::read_to_string(env.dir().join("daemon.log")).unwrap();
     assert_eq!(
-        log.matches("serving").count(),
+        log.matches("serving `").count(),
         1,
         "one daemon started:\n{log}"
     );
     first.shutdown().unwrap();
 }
 
+/// Unix only: the daemon command is a shell script.
+#[cfg(unix)]
 #[test]
 fn a_daemon_command_that_never_reports_is_stopped_at_the_start_timeout() {
     use std::os::unix::fs::PermissionsExt;
@@ -452,6 +464,9 @@ fn the_idle_ttl_counts_from_the_last_disconnect() {
     again.shutdown().unwrap();
 }
 
+/// Unix only: Windows's equivalent, a console event, cannot reach a daemon created
+/// without a console.
+#[cfg(unix)]
 #[test]
 fn sigterm_retires_the_daemon_gracefully() {
     let env = TestEnv::new("sigterm");
@@ -480,7 +495,9 @@ fn shutdown_of_a_daemon_already_gone_starts_none() {
     second.shutdown().unwrap();
     assert!(!env.metadata_path().exists());
     let log = std::fs::read_to_string(env.dir().join("daemon.log")).unwrap();
-    assert_eq!(log.matches("serving").count(), 1, "{log}");
+    // "serving `<name>`" once per daemon (not "serving TCP only", which a daemon
+    // without Unix sockets, on Windows, also logs).
+    assert_eq!(log.matches("serving `").count(), 1, "{log}");
 }
 
 #[test]

@@ -125,10 +125,11 @@ fn the_log_is_rotated_at_its_cap() {
         previous > CAP / 2,
         "daemon.log.1 was filled: {previous} bytes"
     );
-    // Both are the daemon's own, private files, and the latest events are in the
-    // current one.
-    use std::os::unix::fs::PermissionsExt;
+    // Both are the daemon's own, private files (Unix modes: checked on Unix), and the
+    // latest events are in the current one.
+    #[cfg(unix)]
     for file in ["daemon.log", "daemon.log.1"] {
+        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(env.dir().join(file))
             .unwrap()
             .permissions()

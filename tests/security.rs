@@ -1,6 +1,10 @@
 //! Intruders and bad input: mutual authentication, frame limits, handshake deadlines,
 //! the connection cap, a storm of garbage, and the runtime directory's permissions.
 //! After each attack a normal client still gets exact answers.
+//!
+//! Unix only: the runtime directory's trust checks are tested through Unix modes and
+//! owners (chmod, chown, symlinks).
+#![cfg(unix)]
 
 mod common;
 

@@ -3,6 +3,10 @@
 //! credentials, stale and hostile files, long paths), and the core suites rerun on
 //! every transport. Real daemons in real processes; each test has its own runtime
 //! directory and name and stops what it starts.
+//!
+//! Unix only: Windows has no Unix-socket or shared-memory transport (TCP, its one
+//! transport, is what the portable suites use).
+#![cfg(unix)]
 
 mod common;
 

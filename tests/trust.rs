@@ -7,6 +7,10 @@
 //! directory and name; a [`Reaper`] kills every process serving that name when the
 //! test ends, including daemons still in their constructor (which have published
 //! nothing the `TestEnv` cleanup could find).
+//!
+//! Unix only: other users are played with chown, processes are found through `/proc`
+//! and signalled, and a full filesystem comes from `RLIMIT_FSIZE`.
+#![cfg(unix)]
 
 mod common;
 

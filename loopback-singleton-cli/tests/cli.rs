@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use loopback_singleton::Builder;
 use loopback_singleton_suite::{Counter, CounterClient};
-use process::{kill, process_state, recorded_pid, wait_gone};
+#[cfg(unix)]
+use process::process_state;
+use process::{kill, private_dir, recorded_pid, wait_gone};
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopback-singleton");
 
@@ -31,10 +33,7 @@ impl Env {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let base = std::env::temp_dir().join(format!("ls-cli-{}-{seq}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        private_dir(&base);
         Env {
             base,
             prefix: format!("{test}-{}-{seq}", std::process::id()),
@@ -97,6 +96,7 @@ impl Drop for Env {
     }
 }
 
+#[cfg(unix)]
 fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, signal) };
@@ -236,6 +236,8 @@ fn status_json_has_the_documented_shape() {
     drop(client);
 }
 
+/// Unix only: a hung daemon is made with SIGSTOP, which Windows has no equivalent of.
+#[cfg(unix)]
 #[test]
 fn stop_kills_a_hung_daemon_within_its_timeout_and_cleans_up() {
     let env = Env::new("stop");

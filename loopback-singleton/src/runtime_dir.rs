@@ -871,7 +871,14 @@ mod tests {
         fs::remove_dir_all(&base).unwrap();
     }
 
-    #[cfg(target_os = "linux")]
+    /// Where the OS gives a start time (Linux, macOS, FreeBSD, Windows): not the other
+    /// BSDs, which answer 0 for every pid.
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "freebsd",
+        windows
+    ))]
     #[test]
     fn own_process_is_alive_with_a_stable_start_time() {
         let pid = std::process::id();

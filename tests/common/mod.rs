@@ -29,11 +29,7 @@ impl TestEnv {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let base =
             std::env::temp_dir().join(format!("ls-test-{}-{seq}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        // Private whatever the umask: a group-writable base is refused.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        private_dir(&base);
         TestEnv {
             base,
             name: format!("{test}-{}-{seq}", std::process::id()),
@@ -96,12 +92,12 @@ impl Drop for TestEnv {
 /// runtime takes it for a file of ours (corrupt, perhaps, but not planted).
 pub fn write_private(path: &Path, bytes: &[u8]) {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
         .open(path)
         .and_then(|mut file| file.write_all(bytes))
         .unwrap();
@@ -146,12 +142,15 @@ pub fn field(output: &Output, key: &str) -> u64 {
         .unwrap()
 }
 
-/// Whether the tests run as root (those that need another user skip otherwise).
+/// Whether the tests run as root (those that need another user skip otherwise). Unix
+/// only, like `chmod`.
+#[cfg(unix)]
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
+#[cfg(unix)]
 pub fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

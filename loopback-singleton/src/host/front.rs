@@ -71,7 +71,7 @@ pub(super) async fn front(
                     return "idle TTL elapsed with no client connected";
                 }
             }
-            () = stop_signal(&mut stop_signals) => return "SIGTERM or SIGINT",
+            () = stop_signal(&mut stop_signals) => return sys::StopSignals::DESCRIPTION,
         }
     }
 }

@@ -254,7 +254,10 @@ fn start<S: Service>(
     let unix = match dir.bind_socket() {
         Ok(Ok(unix)) => Some(unix),
         Ok(Err(reason)) => {
-            log::emit(|| tracing::warn!(%reason, "serving TCP only"));
+            // Where the platform has no Unix sockets, TCP only is the normal state.
+            if sys::UNIX_SOCKETS {
+                log::emit(|| tracing::warn!(%reason, "serving TCP only"));
+            }
             None
         }
         Err(error) => return Err(fail(ready, error.to_string())),

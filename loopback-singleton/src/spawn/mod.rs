@@ -3,15 +3,23 @@
 //!
 //! The marker is an environment variable, never argv: a `cargo test` binary reads argv
 //! as test filters. The re-executed process sees the marker in a pre-main hook emitted
-//! by `#[local_singleton]`, forks (the client reaps the short-lived parent, so no zombie
-//! is left behind), and the child becomes the daemon in a new session with its stdio
-//! on `/dev/null` and the log file. It never returns to the program's `main`.
+//! by `#[local_singleton]` and becomes the daemon; it never returns to the program's
+//! `main`.
 //!
-//! Everything else travels as inherited descriptors, never as paths that could be
-//! swapped in between: the readiness pipe, the start lock, the [`Launch`] description
-//! (a private file without a name), and the runtime directory the client checked, which
-//! becomes the daemon's working directory. The launcher side is here; the daemon's side
-//! is [`readiness`].
+//! - On Unix it forks (the client reaps the short-lived parent, so no zombie is left
+//!   behind), and the child serves in a new session with its stdio on `/dev/null` and
+//!   the log file. Everything else travels as inherited descriptors, never as paths
+//!   that could be swapped in between: the readiness pipe, the start lock, the
+//!   [`Launch`] description (a private file without a name), and the runtime directory
+//!   the client checked, which becomes the daemon's working directory.
+//! - On Windows it is created detached (no console, its own process group) in the
+//!   runtime directory, and serves in that process. Only its standard handles are
+//!   inherited: the launch description arrives on stdin, the readiness report leaves on
+//!   stdout (then pointed at the log). A byte-range lock cannot change hands between
+//!   processes, so the client holds the start lock until the report, and stops a
+//!   daemon that did not report in time before letting the lock go.
+//!
+//! The launcher side is here; the daemon's side is [`readiness`].
 
 mod launch;
 mod readiness;
@@ -57,9 +65,10 @@ pub(crate) enum SpawnError {
 
 /// Starts `exe` as the daemon of `service_id` and waits for its readiness report.
 ///
-/// The caller holds the start lock; the daemon inherits it (the same open file, so the
-/// same lock) and lets go once it has published itself or failed. A client that gives
-/// up waiting therefore never lets a second daemon start beside a slow first one.
+/// The caller holds the start lock; on Unix the daemon inherits it (the same open file,
+/// so the same lock) and lets go once it has published itself or failed, on Windows
+/// the caller keeps it and stops a daemon that did not report. A client that gives up
+/// waiting therefore never lets a second daemon start beside a slow first one.
 pub(crate) fn spawn_daemon(
     exe: &Path,
     service_id: &str,
@@ -108,12 +117,17 @@ pub(crate) fn spawn_daemon(
         .map_err(|error| failed(&format!("spawning {}", exe.display()), error))?;
 
     let readiness = read_readiness(pipe, deadline);
-    // The launcher forks the daemon and exits at once; one that is still there now
-    // (not our program, or hung) is stopped, so that nothing is left behind.
-    if !matches!(launcher.try_wait(), Ok(Some(_))) {
-        let _ = launcher.kill();
+    // On Unix the launcher forks the daemon and exits at once; one that is still there
+    // now (not our program, or hung) is stopped, so that nothing is left behind. On
+    // Windows the launcher is the daemon: one that did not report ready is stopped, so
+    // that the start lock we let go of next never lets a second daemon start beside it.
+    let ready = matches!(readiness, Ok(Readiness::Ready { .. }));
+    if !(sys::LAUNCHER_IS_DAEMON && ready) {
+        if !matches!(launcher.try_wait(), Ok(Some(_))) {
+            let _ = launcher.kill();
+        }
+        let _ = launcher.wait();
     }
-    let _ = launcher.wait();
     match readiness? {
         Readiness::Ready {
             port,
@@ -125,7 +139,7 @@ pub(crate) fn spawn_daemon(
 }
 
 /// Reads the one readiness frame, or EOF (the daemon died first), until `deadline`.
-fn read_readiness(mut pipe: std::fs::File, deadline: Instant) -> Result<Readiness, SpawnError> {
+fn read_readiness(mut pipe: sys::ReadyPipe, deadline: Instant) -> Result<Readiness, SpawnError> {
     let mut received = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

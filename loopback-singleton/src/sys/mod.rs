@@ -3,10 +3,9 @@
 //! time, exit, effective uid, executable), descriptors handed to a spawned daemon and
 //! taken over by it, detaching, signals, limits.
 //!
-//! One file per platform family: [`unix`] (Linux, macOS, the BSDs) and `other` (what
-//! the rest can do: hosting a service, not auto-starting one); one per facility that
-//! spans families: `stream` (TCP and Unix sockets) and `shm` (shared regions). Imports
-//! nothing of the crate.
+//! One file per platform family: [`unix`] (Linux, macOS, the BSDs) and `windows`; one
+//! per facility that spans families: `stream` (TCP and Unix sockets) and `shm` (shared
+//! regions). Imports nothing of the crate.
 
 use std::path::PathBuf;
 
@@ -15,10 +14,10 @@ mod unix;
 #[cfg(unix)]
 pub(crate) use unix::*;
 
-#[cfg(not(unix))]
-mod other;
-#[cfg(not(unix))]
-pub(crate) use other::*;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub(crate) use windows::*;
 
 mod stream;
 pub(crate) use stream::*;
@@ -56,11 +55,10 @@ pub(crate) enum Access {
     CreateNew,
 }
 
-/// The descriptors a launcher hands to the daemon it spawns (where a daemon can be
-/// spawned: Unix).
-#[cfg_attr(not(unix), allow(dead_code))]
+/// What a launcher hands to the daemon it spawns.
 pub(crate) struct Handover {
-    /// The start lock, which the daemon holds until it has published itself.
+    /// The start lock, which the daemon holds until it has published itself (on Unix;
+    /// on Windows the launcher keeps holding its own).
     pub start_lock: std::fs::File,
     /// The launch description (a file without a name).
     pub launch: std::fs::File,
@@ -83,4 +81,11 @@ pub(crate) fn current_exe() -> std::io::Result<PathBuf> {
     } else {
         std::env::current_exe()
     }
+}
+
+/// Removes an environment variable; only before `main`, while the process is
+/// single-threaded (nothing else can read the environment at the same time).
+pub(crate) fn remove_env_before_main(name: &str) {
+    // SAFETY: called from the pre-main hook, before any other thread exists.
+    unsafe { std::env::remove_var(name) }
 }

@@ -255,6 +255,15 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
+/// The launcher forks the daemon and exits at once (see [`detach`]).
+pub(crate) const LAUNCHER_IS_DAEMON: bool = false;
+
+/// What the launcher reads the readiness report from: a pipe.
+pub(crate) type ReadyPipe = File;
+
+/// The launcher process.
+pub(crate) type Launcher = Child;
+
 /// The descriptor of the readiness pipe in the daemon.
 const READY_FD: i32 = 3;
 /// The descriptor of the start lock the daemon holds until it has published itself.
@@ -273,7 +282,7 @@ pub(crate) fn spawn_with(
     command: &mut Command,
     title: &str,
     handover: Handover,
-) -> io::Result<(Child, File)> {
+) -> io::Result<(Launcher, ReadyPipe)> {
     command.arg0(title);
     let (read_end, write_end) = cloexec_pipe()?;
     // Descriptors 0-2 are replaced by /dev/null in the child before `pre_exec` runs: the
@@ -383,7 +392,7 @@ unsafe fn close_others_on_exec() {
 
 /// Waits until `file` has something to read (or its writer closed it); `false` when
 /// `timeout` passed first.
-pub(crate) fn wait_readable(file: &File, timeout: Duration) -> io::Result<bool> {
+pub(crate) fn wait_readable(file: &ReadyPipe, timeout: Duration) -> io::Result<bool> {
     let mut poll = libc::pollfd {
         fd: file.as_raw_fd(),
         events: libc::POLLIN,
@@ -424,13 +433,6 @@ pub(crate) fn take_inherited() -> Inherited {
         start_lock: take(LOCK_FD),
         launch: take(LAUNCH_FD),
     }
-}
-
-/// Removes an environment variable; only before `main`, while the process is
-/// single-threaded (nothing else can read the environment at the same time).
-pub(crate) fn remove_env_before_main(name: &str) {
-    // SAFETY: called from the pre-main hook, before any other thread exists.
-    unsafe { std::env::remove_var(name) }
 }
 
 /// The whole content of `file` from its first byte, whatever its offset (a file
@@ -502,6 +504,9 @@ pub(crate) fn release_stdio() {
 pub(crate) struct StopSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
 
 impl StopSignals {
+    /// What the host logs when one arrives.
+    pub(crate) const DESCRIPTION: &str = "SIGTERM or SIGINT";
+
     /// Starts listening (inside a tokio runtime).
     pub(crate) fn listen() -> Self {
         use tokio::signal::unix::{SignalKind, signal};
