@@ -529,6 +529,14 @@ impl RuntimeDir {
         )
     }
 
+    /// Whether a host holds the instance lock now (it runs, or is still retiring).
+    pub(crate) fn instance_held(&self) -> bool {
+        matches!(
+            self.lock_instance(Duration::ZERO),
+            Err(Error::StartTimeout { .. })
+        )
+    }
+
     fn acquire(
         &self,
         file: &str,

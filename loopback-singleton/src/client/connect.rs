@@ -37,6 +37,10 @@ pub(super) struct Endpoint {
 pub(super) enum DialError {
     /// Nobody (or not our daemon) is there: the endpoint is stale.
     Stale(Error),
+    /// The connection was refused: nobody listens there. Stale, unless a host still
+    /// holds the name (a daemon closing its listener as it retires; on macOS and the
+    /// BSDs, a full listen queue of a Unix socket).
+    Refused(Error),
     /// Our daemon is there but busy (retiring, full, slow): wait and retry.
     Busy(Error),
     /// Our daemon is there and refuses us for good (version, schema, init arguments).
@@ -60,7 +64,7 @@ impl Inner {
             match self.dial(&endpoint) {
                 Ok(connection) => return Ok(connection),
                 Err(DialError::Fatal(error)) => return Err(error),
-                Err(DialError::Stale(_) | DialError::Busy(_)) => {}
+                Err(DialError::Stale(_) | DialError::Refused(_) | DialError::Busy(_)) => {}
             }
         }
         let (connection, endpoint) = self.establish()?;
@@ -200,7 +204,12 @@ impl Inner {
                 Err(DialError::Busy(_)) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(DialError::Stale(error) | DialError::Busy(error) | DialError::Fatal(error)) => {
+                Err(
+                    DialError::Stale(error)
+                    | DialError::Refused(error)
+                    | DialError::Busy(error)
+                    | DialError::Fatal(error),
+                ) => {
                     return Err(error);
                 }
             }
@@ -234,14 +243,10 @@ impl Inner {
         };
         match self.dial(&endpoint) {
             Ok(connection) => Probe::Found(connection, endpoint),
-            // Whatever the socket said, files of a process that still lives are not stale:
-            // cleaning them would orphan a live daemon that keeps the instance lock (a
-            // refused connection can be a full listen queue on macOS and the BSDs, or a
-            // daemon closing its listener as it retires). Wait for it instead.
-            Err(DialError::Stale(error)) if runtime_dir::daemon_alive(&metadata) => {
-                Probe::Busy(error)
-            }
-            Err(DialError::Stale(_)) => Probe::Absent,
+            // Refused while a host holds the instance lock: the files are that host's, and
+            // removing them would orphan it. Wait for it instead.
+            Err(DialError::Refused(error)) if dir.instance_held() => Probe::Busy(error),
+            Err(DialError::Stale(_) | DialError::Refused(_)) => Probe::Absent,
             Err(DialError::Busy(error)) => Probe::Busy(error),
             Err(DialError::Fatal(error)) => Probe::Fatal(error),
         }
@@ -281,7 +286,7 @@ impl Inner {
                             source,
                         };
                         if refused {
-                            DialError::Stale(error)
+                            DialError::Refused(error)
                         } else {
                             DialError::Busy(error)
                         }
@@ -309,7 +314,7 @@ impl Inner {
                 // under a live daemon is not stale state to clean up (the daemon may be
                 // retiring, which removes it, or someone deleted it): wait and look again.
                 if kind == ErrorKind::ConnectionRefused {
-                    DialError::Stale(error)
+                    DialError::Refused(error)
                 } else {
                     DialError::Busy(error)
                 }
