@@ -317,6 +317,8 @@ fn logs_prints_the_start_line() {
     drop(client);
 }
 
+// Unix only: FIFOs and unprivileged symbolic links.
+#[cfg(unix)]
 #[test]
 fn logs_refuses_a_pipe_or_link_planted_as_the_log_instead_of_hanging() {
     let env = Env::new("logsfifo");
