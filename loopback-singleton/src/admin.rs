@@ -85,6 +85,10 @@ pub struct Daemon {
     dir: RuntimeDir,
 }
 
+/// How long a killed daemon's instance lock may take to be released after its process
+/// is seen gone.
+const LOCK_RELEASE: Duration = Duration::from_secs(2);
+
 impl Daemon {
     /// Opens `<base>/<name>`: `Ok(None)` if it does not exist (nothing was ever started
     /// under this name); an error if it cannot be trusted.
@@ -207,8 +211,9 @@ impl Daemon {
         }
         self.dir.remove_stale()?;
         // The socket goes only if no host holds the name: a successor binds its socket
-        // under the instance lock, before it publishes its metadata.
-        if let Ok(_free) = self.dir.lock_instance(Duration::ZERO) {
+        // under the instance lock, before it publishes its metadata. A killed process
+        // may be seen gone a moment before the kernel releases its lock: allow for that.
+        if let Ok(_free) = self.dir.lock_instance(LOCK_RELEASE) {
             self.dir.remove_socket();
         }
         Ok(())
