@@ -773,7 +773,6 @@ mod tests {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    #[cfg(unix)]
     fn reason(result: Result<impl std::fmt::Debug, Error>) -> String {
         match result.unwrap_err() {
             Error::RuntimeDir { reason, .. } => reason,
@@ -876,6 +875,33 @@ mod tests {
         ));
         drop(held);
         dir.lock_instance(Duration::ZERO).unwrap();
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// Windows: the owner and DACL stand for the uid and mode (see `sys::windows`).
+    #[cfg(windows)]
+    #[test]
+    fn directory_and_files_are_private_by_their_dacl() {
+        let me = sys::current_user_sid().unwrap();
+        let base = scratch();
+        let dir = RuntimeDir::open(&base, "svc").unwrap();
+        dir.write_secret(&[7; 32]).unwrap();
+        assert_eq!(dir.read_secret().unwrap(), Some([7; 32]));
+
+        // The secret readable by Everyone.
+        let secret = dir.path().join(SECRET);
+        sys::set_dacl(&secret, &format!("D:(A;;FA;;;{me})(A;;FR;;;WD)"));
+        assert!(reason(dir.read_secret()).contains("let other users in"));
+
+        // The runtime directory readable by Everyone.
+        sys::set_dacl(dir.path(), &format!("D:(A;OICI;FA;;;{me})(A;;FR;;;WD)"));
+        assert!(reason(RuntimeDir::open(&base, "svc")).contains("let other users in"));
+        fs::remove_dir_all(&base).unwrap();
+
+        // A base directory Everyone may write to.
+        let base = scratch();
+        sys::set_dacl(&base, &format!("D:(A;OICI;FA;;;{me})(A;;FA;;;WD)"));
+        assert!(reason(RuntimeDir::open(&base, "svc")).contains("without the sticky bit"));
         fs::remove_dir_all(&base).unwrap();
     }
 

@@ -101,6 +101,55 @@ pub fn write_private(path: &Path, bytes: &[u8]) {
         .open(path)
         .and_then(|mut file| file.write_all(bytes))
         .unwrap();
+    #[cfg(windows)]
+    private_like_its_directory(path);
+}
+
+/// Gives the file at `path` its directory's DACL, as Windows does when the file is
+/// created there (the runtime directory's ACE is inheritable). Under Wine, which keeps
+/// a DACL as Unix permissions and does not pass ACEs on to new files, a file std
+/// creates gets the umask's 0644, which the runtime rightly takes for readable by
+/// others; on Windows itself this changes nothing.
+#[cfg(windows)]
+fn private_like_its_directory(path: &Path) {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Foundation::LocalFree;
+    use windows_sys::Win32::Security::Authorization::{
+        GetNamedSecurityInfoW, SE_FILE_OBJECT, SetNamedSecurityInfoW,
+    };
+    use windows_sys::Win32::Security::{
+        ACL, DACL_SECURITY_INFORMATION, PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
+    };
+    let wide = |path: &Path| -> Vec<u16> { path.as_os_str().encode_wide().chain([0]).collect() };
+    let (dir, file) = (wide(path.parent().unwrap()), wide(path));
+    let mut dacl: *mut ACL = std::ptr::null_mut();
+    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: both paths are NUL-terminated; the DACL points into the descriptor, freed
+    // after its last use.
+    unsafe {
+        let status = GetNamedSecurityInfoW(
+            dir.as_ptr(),
+            SE_FILE_OBJECT,
+            DACL_SECURITY_INFORMATION,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut dacl,
+            std::ptr::null_mut(),
+            &mut descriptor,
+        );
+        assert_eq!(status, 0, "reading the DACL of {}", path.display());
+        let status = SetNamedSecurityInfoW(
+            file.as_ptr(),
+            SE_FILE_OBJECT,
+            DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            dacl,
+            std::ptr::null(),
+        );
+        LocalFree(descriptor);
+        assert_eq!(status, 0, "setting the DACL of {}", path.display());
+    }
 }
 
 /// `Command::output()` with a bound: a process that does not finish in time is killed

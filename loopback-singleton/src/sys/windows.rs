@@ -1,8 +1,9 @@
-//! Windows: paths instead of directory handles, directories created private to their
-//! user (a protected DACL) but not inspected (owner and permissions are reported as
-//! ours and private), process facts from `GetProcessTimes`/`GetExitCodeProcess`, and
-//! auto-start by re-executing the current executable as a detached process whose stdin
-//! carries the launch description and whose stdout carries the readiness report.
+//! Windows: paths instead of directory handles, directories and files created private
+//! to their user (a protected DACL) and inspected through their owner and DACL, read as
+//! the uid and mode a Unix stat would give (see [`security_of`]), process facts from
+//! `GetProcessTimes`/`GetExitCodeProcess`, and auto-start by re-executing the current
+//! executable as a detached process whose stdin carries the launch description and
+//! whose stdout carries the readiness report.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -35,8 +36,8 @@ use super::{Access, FileKind, Handover, Inherited, Stat};
 /// A directory, by path.
 pub(crate) type DirHandle = PathBuf;
 
-fn stat_of(metadata: &std::fs::Metadata) -> Stat {
-    let kind = if metadata.file_type().is_symlink() {
+fn kind_of(metadata: &std::fs::Metadata) -> FileKind {
+    if metadata.file_type().is_symlink() {
         FileKind::Symlink
     } else if metadata.is_dir() {
         FileKind::Dir
@@ -44,30 +45,266 @@ fn stat_of(metadata: &std::fs::Metadata) -> Stat {
         FileKind::File
     } else {
         FileKind::Other
-    };
-    // Reported private and ours: the ACLs are not inspected.
-    let mode = if kind == FileKind::Dir { 0o700 } else { 0o600 };
-    Stat {
-        uid: euid(),
-        mode,
-        kind,
     }
 }
 
+/// What `runtime_dir` reads from a Unix stat, from the object's owner and DACL (see
+/// [`security_of`]).
+fn stat_of(metadata: &std::fs::Metadata, handle: &impl AsRawHandle) -> io::Result<Stat> {
+    let kind = kind_of(metadata);
+    let (uid, mode) = security_of(handle.as_raw_handle() as HANDLE, kind == FileKind::Dir)?;
+    Ok(Stat { uid, mode, kind })
+}
+
+/// Opens `path` for reading its security descriptor and attributes only (a directory
+/// too; with `follow` false, a symbolic link or junction itself rather than its
+/// target).
+fn open_for_security(path: &Path, follow: bool) -> io::Result<File> {
+    use std::os::windows::fs::OpenOptionsExt;
+    use windows_sys::Win32::Storage::FileSystem::{
+        FILE_FLAG_BACKUP_SEMANTICS, FILE_FLAG_OPEN_REPARSE_POINT, FILE_READ_ATTRIBUTES,
+        READ_CONTROL,
+    };
+    let flags = FILE_FLAG_BACKUP_SEMANTICS
+        | if follow {
+            0
+        } else {
+            FILE_FLAG_OPEN_REPARSE_POINT
+        };
+    OpenOptions::new()
+        .access_mode(READ_CONTROL | FILE_READ_ATTRIBUTES)
+        .custom_flags(flags)
+        .open(path)
+}
+
+/// The uid that stands for the current user: the last sub-authority (the RID) of its
+/// SID, so that messages show a number that means something; never 0 (root's).
 pub(crate) fn euid() -> u32 {
-    0
+    identity().map_or(u32::MAX - 1, |identity| identity.uid)
+}
+
+/// Who this process is, as the owner and DACL checks need it (looked up once).
+struct Identity {
+    /// The token's user, `S-1-5-21-...`.
+    user: String,
+    /// The token's default owner of what it creates: the user, or for an elevated
+    /// administrator `BUILTIN\Administrators` (S-1-5-32-544).
+    default_owner: String,
+    uid: u32,
+}
+
+fn identity() -> Option<&'static Identity> {
+    static IDENTITY: std::sync::OnceLock<Option<Identity>> = std::sync::OnceLock::new();
+    IDENTITY
+        .get_or_init(|| {
+            let user = token_sid(TokenSid::User).ok()?;
+            let default_owner = token_sid(TokenSid::DefaultOwner).ok()?;
+            let rid = user
+                .rsplit('-')
+                .next()
+                .and_then(|rid| rid.parse::<u32>().ok());
+            let uid = rid.filter(|&rid| rid != 0).unwrap_or(u32::MAX - 1);
+            Some(Identity {
+                user,
+                default_owner,
+                uid,
+            })
+        })
+        .as_ref()
+}
+
+/// The SIDs trusted like root on Unix: `NT AUTHORITY\SYSTEM`, `BUILTIN\Administrators`
+/// and `NT SERVICE\TrustedInstaller` (the owner of `C:\` and the system's own
+/// directories).
+const ROOT_SIDS: [&str; 3] = [
+    "S-1-5-18",
+    "S-1-5-32-544",
+    "S-1-5-80-956008885-3418522649-1831038044-1853292631-2271478464",
+];
+
+/// ACE trustees that grant nothing to another user: `CREATOR OWNER` (a placeholder,
+/// replaced by the creator's SID in what inherits it) and `OWNER RIGHTS` (whoever owns
+/// the object, which the owner check decides on).
+const OWNER_SIDS: [&str; 2] = ["S-1-3-0", "S-1-3-4"];
+
+/// Rights that read a file's content or list a directory.
+const READ_RIGHTS: u32 = 0x0001 /* FILE_READ_DATA, FILE_LIST_DIRECTORY */
+    | 0x8000_0000 /* GENERIC_READ */
+    | 0x1000_0000 /* GENERIC_ALL */;
+/// Rights that write a file or add entries to a directory, but do not remove or
+/// rename what is there.
+const ADD_RIGHTS: u32 = 0x0002 /* FILE_WRITE_DATA, FILE_ADD_FILE */
+    | 0x0004 /* FILE_APPEND_DATA, FILE_ADD_SUBDIRECTORY */
+    | 0x4000_0000 /* GENERIC_WRITE */;
+/// Rights that remove or rename entries (DELETE on the object, FILE_DELETE_CHILD on its
+/// directory) or take the object over (its DACL, its owner).
+const REPLACE_RIGHTS: u32 = 0x0040 /* FILE_DELETE_CHILD */
+    | 0x0001_0000 /* DELETE */
+    | 0x0004_0000 /* WRITE_DAC */
+    | 0x0008_0000 /* WRITE_OWNER */
+    | 0x1000_0000 /* GENERIC_ALL */;
+
+/// The object's owner and DACL as a Unix uid and mode, for `runtime_dir`'s checks.
+///
+/// The uid: [`euid`] for the current user (or the token's default owner, what an
+/// elevated administrator's files are owned by), 0 for the system's own SIDs
+/// ([`ROOT_SIDS`]), another number for anyone else (their RID, or `u32::MAX` where that
+/// would pass for us or root).
+///
+/// The mode starts as 0700 (0600 for a file) and gains, for every allow ACE that
+/// applies to the object (not inherit-only) and names anyone but the current user, its
+/// default owner, [`ROOT_SIDS`] and [`OWNER_SIDS`]: 044 for read rights, 022 for
+/// write rights (an allow ACE of an object type, which files do not have, counts as
+/// both); a directory where others may only add entries (what
+/// `Authenticated Users` may do at `C:\`) also gets 01000, the sticky bit, since they
+/// cannot remove or rename ours. Deny ACEs are ignored (they could only take rights
+/// away), so the mode never says less than the DACL grants. No DACL at all grants
+/// everyone everything: 0777.
+fn security_of(handle: HANDLE, dir: bool) -> io::Result<(u32, u32)> {
+    use windows_sys::Win32::Security::Authorization::{GetSecurityInfo, SE_FILE_OBJECT};
+    use windows_sys::Win32::Security::{
+        ACCESS_ALLOWED_ACE, ACE_HEADER, ACL, DACL_SECURITY_INFORMATION, GetAce, INHERIT_ONLY_ACE,
+        OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID,
+    };
+    /// ACCESS_ALLOWED_ACE_TYPE and ACCESS_ALLOWED_CALLBACK_ACE_TYPE, which share the
+    /// layout of ACCESS_ALLOWED_ACE (header, mask, SID).
+    const ALLOWED_TYPES: [u8; 2] = [0, 9];
+    /// ACCESS_ALLOWED_OBJECT_ACE_TYPE and its callback form (directory-service objects,
+    /// never seen on files): not read, taken as granting someone else everything.
+    const OBJECT_TYPES: [u8; 2] = [5, 11];
+
+    let identity = identity().ok_or_else(|| {
+        io::Error::other("cannot look up the current user's SID in the process token")
+    })?;
+    let ours = |sid: &str| sid == identity.user || sid == identity.default_owner;
+    let mut owner: PSID = std::ptr::null_mut();
+    let mut dacl: *mut ACL = std::ptr::null_mut();
+    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: the handle is open (the caller borrows it) and was opened with
+    // READ_CONTROL; the owner and DACL pointers point into the descriptor the call
+    // allocates, which is freed with LocalFree after their last use, below.
+    let status = unsafe {
+        GetSecurityInfo(
+            handle,
+            SE_FILE_OBJECT,
+            OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION,
+            &mut owner,
+            std::ptr::null_mut(),
+            &mut dacl,
+            std::ptr::null_mut(),
+            &mut descriptor,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::from_raw_os_error(status as i32));
+    }
+    let result = (|| {
+        let owner = if owner.is_null() {
+            None
+        } else {
+            Some(sid_string(owner)?)
+        };
+        let uid = match owner.as_deref() {
+            Some(sid) if ours(sid) => identity.uid,
+            Some(sid) if ROOT_SIDS.contains(&sid) => 0,
+            Some(sid) => sid
+                .rsplit('-')
+                .next()
+                .and_then(|rid| rid.parse::<u32>().ok())
+                .filter(|&rid| rid != 0 && rid != identity.uid)
+                .unwrap_or(u32::MAX),
+            None => u32::MAX,
+        };
+        let mut mode = if dir { 0o700 } else { 0o600 };
+        if dacl.is_null() {
+            return Ok((uid, mode | 0o777));
+        }
+        let (mut read, mut add, mut replace) = (false, false, false);
+        // SAFETY: `dacl` points to a valid ACL inside the descriptor.
+        let count = unsafe { (*dacl).AceCount };
+        for index in 0..u32::from(count) {
+            let mut ace: *mut core::ffi::c_void = std::ptr::null_mut();
+            // SAFETY: `index` is below the ACL's count; `ace` is a valid out-pointer.
+            if unsafe { GetAce(dacl, index, &mut ace) } == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: every ACE starts with an ACE_HEADER.
+            let header = unsafe { &*ace.cast::<ACE_HEADER>() };
+            if u32::from(header.AceFlags) & INHERIT_ONLY_ACE != 0 {
+                continue;
+            }
+            if OBJECT_TYPES.contains(&header.AceType) {
+                (read, add, replace) = (true, true, true);
+                continue;
+            }
+            if !ALLOWED_TYPES.contains(&header.AceType) {
+                continue;
+            }
+            // SAFETY: an allow ACE of these types is an ACCESS_ALLOWED_ACE whose SID
+            // starts at SidStart.
+            let (mask, sid) = unsafe {
+                let allowed = ace.cast::<ACCESS_ALLOWED_ACE>();
+                (
+                    (*allowed).Mask,
+                    std::ptr::addr_of_mut!((*allowed).SidStart).cast(),
+                )
+            };
+            let trustee = sid_string(sid)?;
+            if ours(&trustee)
+                || ROOT_SIDS.contains(&trustee.as_str())
+                || OWNER_SIDS.contains(&trustee.as_str())
+            {
+                continue;
+            }
+            read |= mask & READ_RIGHTS != 0;
+            add |= mask & ADD_RIGHTS != 0;
+            replace |= mask & REPLACE_RIGHTS != 0;
+        }
+        if read {
+            mode |= 0o044;
+        }
+        if add || replace {
+            mode |= 0o022;
+        }
+        if dir && add && !replace {
+            mode |= 0o1000;
+        }
+        Ok((uid, mode))
+    })();
+    // SAFETY: allocated by GetSecurityInfo; nothing points into it any more.
+    unsafe { windows_sys::Win32::Foundation::LocalFree(descriptor) };
+    result
+}
+
+/// A SID as a string (`S-1-5-...`).
+fn sid_string(sid: windows_sys::Win32::Security::PSID) -> io::Result<String> {
+    use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
+    let mut string: windows_sys::core::PWSTR = std::ptr::null_mut();
+    // SAFETY: `sid` is a valid SID (the caller's); the string the conversion allocates
+    // is copied, then freed with LocalFree.
+    unsafe {
+        if ConvertSidToStringSidW(sid, &mut string) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = (0..).take_while(|&i| *string.add(i) != 0).count();
+        let text = String::from_utf16_lossy(std::slice::from_raw_parts(string, len));
+        windows_sys::Win32::Foundation::LocalFree(string.cast());
+        Ok(text)
+    }
 }
 
 pub(crate) fn stat_dir(dir: &DirHandle) -> io::Result<Stat> {
-    Ok(stat_of(&std::fs::metadata(dir)?))
+    let opened = open_for_security(dir, true)?;
+    stat_of(&opened.metadata()?, &opened)
 }
 
 pub(crate) fn stat_file(file: &File) -> io::Result<Stat> {
-    Ok(stat_of(&file.metadata()?))
+    stat_of(&file.metadata()?, file)
 }
 
 pub(crate) fn lstat(path: &Path) -> io::Result<Stat> {
-    Ok(stat_of(&std::fs::symlink_metadata(path)?))
+    let opened = open_for_security(path, false)?;
+    stat_of(&std::fs::symlink_metadata(path)?, &opened)
 }
 
 pub(crate) fn lstat_at(dir: &DirHandle, name: &str) -> io::Result<Stat> {
@@ -104,15 +341,42 @@ pub(crate) fn clone_handle(dir: &DirHandle) -> io::Result<DirHandle> {
     Ok(dir.clone())
 }
 
+/// Opens `file` in `dir`; one this creates is private to the current user from the
+/// start (`D:P(A;;FA;;;<user SID>)`, what mode 0600 is on Unix) rather than relying on
+/// what it inherits from `dir`.
 pub(crate) fn open_at(dir: &DirHandle, file: &str, access: Access) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    match access {
-        Access::Read => options.read(true),
-        Access::Lock => options.read(true).write(true).create(true).truncate(false),
-        Access::Append => options.append(true).create(true),
-        Access::CreateNew => options.read(true).write(true).create_new(true),
+    use windows_sys::Win32::Foundation::{GENERIC_READ, GENERIC_WRITE};
+    use windows_sys::Win32::Storage::FileSystem::{
+        CREATE_NEW, CreateFileW, FILE_ATTRIBUTE_NORMAL, FILE_GENERIC_WRITE, FILE_SHARE_DELETE,
+        FILE_SHARE_READ, FILE_SHARE_WRITE, FILE_WRITE_DATA, OPEN_ALWAYS,
     };
-    options.open(dir.join(file))
+    let (desired, disposition) = match access {
+        Access::Read => return OpenOptions::new().read(true).open(dir.join(file)),
+        Access::Lock => (GENERIC_READ | GENERIC_WRITE, OPEN_ALWAYS),
+        // Without FILE_WRITE_DATA every write goes to the end (as std's append does).
+        Access::Append => (FILE_GENERIC_WRITE & !FILE_WRITE_DATA, OPEN_ALWAYS),
+        Access::CreateNew => (GENERIC_READ | GENERIC_WRITE, CREATE_NEW),
+    };
+    let path = wide(dir.join(file).as_os_str());
+    with_private_descriptor("", |attributes| {
+        // SAFETY: `path` is NUL-terminated and `attributes` valid for the call; the
+        // handle returned is owned by the File made of it.
+        unsafe {
+            let handle = CreateFileW(
+                path.as_ptr(),
+                desired,
+                FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                attributes,
+                disposition,
+                FILE_ATTRIBUTE_NORMAL,
+                std::ptr::null_mut(),
+            );
+            if handle == INVALID_HANDLE_VALUE {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(File::from_raw_handle(handle as _))
+        }
+    })
 }
 
 pub(crate) fn rename_at(dir: &DirHandle, from: &str, to: &str) -> io::Result<()> {
@@ -590,13 +854,30 @@ pub(crate) fn create_dir_all_private(path: &Path) -> io::Result<()> {
 /// granting full control to the current user alone, inherited by everything created
 /// inside it: `D:P(A;OICI;FA;;;<user SID>)`.
 fn create_private_dir(path: &Path) -> io::Result<()> {
+    use windows_sys::Win32::Storage::FileSystem::CreateDirectoryW;
+    let path = wide(path.as_os_str());
+    with_private_descriptor("OICI", |attributes| {
+        // SAFETY: `path` is NUL-terminated and `attributes` valid for the call.
+        if unsafe { CreateDirectoryW(path.as_ptr(), attributes) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    })
+}
+
+/// Calls `create` with security attributes whose descriptor has a protected DACL
+/// granting full control to the current user alone, with the ACE flags `inheritance`
+/// (`OICI` for a directory, none for a file): `D:P(A;<inheritance>;FA;;;<user SID>)`.
+fn with_private_descriptor<T>(
+    inheritance: &str,
+    create: impl FnOnce(&windows_sys::Win32::Security::SECURITY_ATTRIBUTES) -> io::Result<T>,
+) -> io::Result<T> {
     use windows_sys::Win32::Security::Authorization::{
         ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
     };
     use windows_sys::Win32::Security::{PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES};
-    use windows_sys::Win32::Storage::FileSystem::CreateDirectoryW;
 
-    let sddl = format!("D:P(A;OICI;FA;;;{})", current_user_sid()?);
+    let sddl = format!("D:P(A;{inheritance};FA;;;{})", current_user_sid()?);
     let sddl = wide(OsStr::new(&sddl));
     let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
     // SAFETY: `sddl` is NUL-terminated; the descriptor the call allocates is freed
@@ -616,22 +897,40 @@ fn create_private_dir(path: &Path) -> io::Result<()> {
             lpSecurityDescriptor: descriptor,
             bInheritHandle: 0,
         };
-        let created = CreateDirectoryW(wide(path.as_os_str()).as_ptr(), &attributes);
-        let error = io::Error::last_os_error();
+        let result = create(&attributes);
         windows_sys::Win32::Foundation::LocalFree(descriptor);
-        if created == 0 { Err(error) } else { Ok(()) }
+        result
     }
 }
 
+/// Which SID of the process token [`token_sid`] reads.
+#[derive(Clone, Copy)]
+enum TokenSid {
+    User,
+    DefaultOwner,
+}
+
 /// The current user's SID as a string (`S-1-5-21-...`), from this process's token.
-fn current_user_sid() -> io::Result<String> {
-    use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
-    use windows_sys::Win32::Security::{GetTokenInformation, TOKEN_QUERY, TOKEN_USER, TokenUser};
+pub(crate) fn current_user_sid() -> io::Result<String> {
+    identity()
+        .map(|identity| identity.user.clone())
+        .ok_or_else(|| io::Error::other("cannot look up the current user's SID"))
+}
+
+/// The token's user (`TokenUser`) or default owner (`TokenOwner`) SID as a string.
+fn token_sid(which: TokenSid) -> io::Result<String> {
+    use windows_sys::Win32::Security::{
+        GetTokenInformation, TOKEN_OWNER, TOKEN_QUERY, TOKEN_USER, TokenOwner, TokenUser,
+    };
     use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
 
+    let class = match which {
+        TokenSid::User => TokenUser,
+        TokenSid::DefaultOwner => TokenOwner,
+    };
     // SAFETY: the token handle opened here is closed here; the buffer is 8-aligned and
-    // as large as the first call asked for; the string the conversion allocates is
-    // copied, then freed with LocalFree.
+    // as large as the first call asked for, and holds a TOKEN_USER or TOKEN_OWNER (as
+    // `class` says) whose SID points into it while it lives.
     unsafe {
         let mut token: HANDLE = std::ptr::null_mut();
         if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) == 0 {
@@ -641,7 +940,7 @@ fn current_user_sid() -> io::Result<String> {
         let mut size = 0u32;
         GetTokenInformation(
             token.as_raw_handle() as HANDLE,
-            TokenUser,
+            class,
             std::ptr::null_mut(),
             0,
             &mut size,
@@ -649,7 +948,7 @@ fn current_user_sid() -> io::Result<String> {
         let mut buffer = vec![0u64; (size as usize).div_ceil(8)];
         if GetTokenInformation(
             token.as_raw_handle() as HANDLE,
-            TokenUser,
+            class,
             buffer.as_mut_ptr().cast(),
             size,
             &mut size,
@@ -657,15 +956,11 @@ fn current_user_sid() -> io::Result<String> {
         {
             return Err(io::Error::last_os_error());
         }
-        let user = &*buffer.as_ptr().cast::<TOKEN_USER>();
-        let mut string: windows_sys::core::PWSTR = std::ptr::null_mut();
-        if ConvertSidToStringSidW(user.User.Sid, &mut string) == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let len = (0..).take_while(|&i| *string.add(i) != 0).count();
-        let sid = String::from_utf16_lossy(std::slice::from_raw_parts(string, len));
-        windows_sys::Win32::Foundation::LocalFree(string.cast());
-        Ok(sid)
+        let sid = match which {
+            TokenSid::User => (*buffer.as_ptr().cast::<TOKEN_USER>()).User.Sid,
+            TokenSid::DefaultOwner => (*buffer.as_ptr().cast::<TOKEN_OWNER>()).Owner,
+        };
+        sid_string(sid)
     }
 }
 
@@ -675,4 +970,144 @@ pub(crate) fn platform_runtime_base() -> Option<PathBuf> {
     std::env::var_os("LOCALAPPDATA")
         .filter(|value| !value.is_empty())
         .map(PathBuf::from)
+}
+
+/// Tests: replaces the DACL of `path` with the one in `sddl` (protected: nothing
+/// inherited).
+#[cfg(test)]
+pub(crate) fn set_dacl(path: &Path, sddl: &str) {
+    use std::os::windows::fs::OpenOptionsExt;
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1, SetSecurityInfo,
+    };
+    use windows_sys::Win32::Security::{
+        ACL, DACL_SECURITY_INFORMATION, GetSecurityDescriptorDacl,
+        PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
+    };
+    use windows_sys::Win32::Storage::FileSystem::{
+        FILE_FLAG_BACKUP_SEMANTICS, READ_CONTROL, WRITE_DAC,
+    };
+    let opened = OpenOptions::new()
+        .access_mode(READ_CONTROL | WRITE_DAC)
+        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS)
+        .open(path)
+        .unwrap();
+    let sddl = wide(OsStr::new(sddl));
+    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `sddl` is NUL-terminated; the DACL points into the descriptor, freed
+    // after its last use; the handle is open with WRITE_DAC.
+    unsafe {
+        assert_ne!(
+            ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                sddl.as_ptr(),
+                SDDL_REVISION_1,
+                &mut descriptor,
+                std::ptr::null_mut(),
+            ),
+            0,
+            "{}",
+            io::Error::last_os_error()
+        );
+        let (mut present, mut defaulted) = (0, 0);
+        let mut dacl: *mut ACL = std::ptr::null_mut();
+        assert_ne!(
+            GetSecurityDescriptorDacl(descriptor, &mut present, &mut dacl, &mut defaulted),
+            0
+        );
+        let status = SetSecurityInfo(
+            opened.as_raw_handle() as HANDLE,
+            windows_sys::Win32::Security::Authorization::SE_FILE_OBJECT,
+            DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            dacl,
+            std::ptr::null(),
+        );
+        windows_sys::Win32::Foundation::LocalFree(descriptor);
+        assert_eq!(
+            status,
+            0,
+            "SetSecurityInfo: {}",
+            io::Error::from_raw_os_error(status as i32)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "ls-winacl-{tag}-{}-{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        create_dir_all_private(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_private_directory_and_its_files_are_ours_and_private() {
+        let base = scratch("private");
+        let stat = stat_dir(&base).unwrap();
+        assert_eq!(
+            (stat.kind, stat.uid, stat.mode),
+            (FileKind::Dir, euid(), 0o700)
+        );
+        let file = open_at(&base, "file", Access::CreateNew).unwrap();
+        let stat = stat_file(&file).unwrap();
+        assert_eq!(
+            (stat.kind, stat.uid, stat.mode),
+            (FileKind::File, euid(), 0o600)
+        );
+        drop(file);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn what_everyone_may_do_shows_in_the_group_and_other_bits() {
+        let base = scratch("everyone");
+        set_dacl(
+            &base,
+            &format!(
+                "D:(A;OICI;FA;;;{})(A;;FA;;;WD)",
+                current_user_sid().unwrap()
+            ),
+        );
+        let stat = stat_dir(&base).unwrap();
+        assert_eq!(stat.uid, euid());
+        // (Wine keeps a DACL as Unix permissions, and gives Everyone rw- for FA.)
+        assert_eq!(stat.mode & 0o1022, 0o022, "{:o}", stat.mode);
+        std::fs::remove_dir_all(&base).unwrap();
+
+        // The runtime directory itself.
+        let base = scratch("everyone-runtime");
+        create_dir_all_private(&base.join("name")).unwrap();
+        set_dacl(
+            &base.join("name"),
+            &format!("D:(A;;FA;;;{})(A;;FR;;;WD)", current_user_sid().unwrap()),
+        );
+        let stat = stat_dir(&base.join("name")).unwrap();
+        assert_eq!(stat.mode & 0o044, 0o044, "{:o}", stat.mode);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_may_only_add_to_is_like_a_sticky_one() {
+        if std::env::var_os("WINECONFIGDIR").is_some() {
+            // Wine keeps a DACL as Unix permissions: add-only rights become full write.
+            eprintln!("skipped under Wine, which cannot store an add-only ACE");
+            return;
+        }
+        let base = scratch("add");
+        let me = current_user_sid().unwrap();
+        set_dacl(&base, &format!("D:(A;OICI;FA;;;{me})(A;;0x100006;;;WD)"));
+        let stat = stat_dir(&base).unwrap();
+        assert_eq!(stat.mode & 0o1077, 0o1022, "{:o}", stat.mode);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
