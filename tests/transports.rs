@@ -569,3 +569,110 @@ fn a_refused_socket_under_a_live_daemon_leaves_its_files_alone() {
     assert_eq!(newcomer.inc().unwrap(), 2);
     newcomer.client().shutdown().unwrap();
 }
+
+/// Where the child of the next test, running as [`OTHER_UID`], listens.
+const FOREIGN_LISTENER_ENV: &str = "TRANSPORTS_TEST_FOREIGN_LISTENER";
+
+#[test]
+fn a_client_refuses_a_socket_another_uid_listens_on_before_sending_anything() {
+    if let Some(path) = std::env::var_os(FOREIGN_LISTENER_ENV) {
+        // The child, running as another uid: listen, say so, report what a client sent.
+        let listener = std::os::unix::net::UnixListener::bind(PathBuf::from(path)).unwrap();
+        println!("listening");
+        std::io::stdout().flush().unwrap();
+        // Bounded: a client that never connects must not keep this process alive.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    println!("foreign-received=no-connection");
+                    return;
+                }
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut received = Vec::new();
+        let outcome = match stream.read_to_end(&mut received) {
+            Ok(_) => format!("{}", received.len()),
+            Err(error) => format!("error-{:?}-after-{}", error.kind(), received.len()),
+        };
+        println!("foreign-received={outcome}");
+        return;
+    }
+    if !is_root() {
+        eprintln!(
+            "skipping a_client_refuses_a_socket_another_uid_listens_on_before_sending_anything: \
+             listening as another uid needs root"
+        );
+        return;
+    }
+    let env = TestEnv::new("tr-impostor");
+    let counter: CounterClient = env.builder::<Counter>().connect(0).unwrap();
+    // Another user's listener, in a directory of theirs, then moved (by root) to where
+    // the daemon's socket is: only the kernel's word on the listener's uid tells.
+    let theirs = env.base.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    chmod(&env.base, 0o711);
+    let planted = theirs.join("listener.sock");
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child
+        .args([
+            "--exact",
+            "a_client_refuses_a_socket_another_uid_listens_on_before_sending_anything",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FOREIGN_LISTENER_ENV, &planted)
+        .stdout(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::uid(&mut child, OTHER_UID);
+    std::os::unix::process::CommandExt::gid(&mut child, OTHER_UID);
+    let mut child = child.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert_ne!(
+            std::io::BufRead::read_line(&mut stdout, &mut line).unwrap(),
+            0,
+            "the foreign listener ended before listening"
+        );
+        // libtest may print "test <name> ... " on the same line first.
+        if line.trim_end().ends_with("listening") {
+            break;
+        }
+    }
+    // The file is made ours: what is left to tell is the listener's uid.
+    let socket = env.dir().join("daemon.sock");
+    std::fs::rename(&planted, &socket).unwrap();
+    std::os::unix::fs::chown(&socket, Some(0), Some(0)).unwrap();
+    let refused = env
+        .builder::<Counter>()
+        .transport(Transport::Unix)
+        .connect(0);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let _ = child.wait();
+    match refused {
+        Err(Error::Auth { reason, .. }) => {
+            assert!(reason.contains(&OTHER_UID.to_string()), "{reason}");
+        }
+        Err(other) => panic!("expected Error::Auth naming uid {OTHER_UID}, got {other:?}"),
+        Ok(_) => panic!("a client talked to another user's listener"),
+    }
+    assert!(
+        rest.contains("foreign-received=0"),
+        "the client sent something to another user's listener: {rest}"
+    );
+    // The daemon itself serves on over TCP.
+    assert_eq!(counter.inc().unwrap(), 1);
+    counter.client().shutdown().unwrap();
+}
