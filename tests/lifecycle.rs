@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, alive, field, wait_gone};
+use common::{TestEnv, alive, field, value_of, wait_gone};
 use loopback_singleton::{Error, RemoteError};
 use loopback_singleton_suite::{
     Counter, CounterClient, CounterError, Fragile, FragileClient, Limits, LimitsClient,
@@ -103,7 +103,7 @@ fn equal_init_maps_from_other_processes_are_accepted_whatever_their_order() {
     let stdout = String::from_utf8_lossy(&same.stdout).into_owned();
     // Guards the test itself: std seeds every process's hasher afresh, so the other
     // process's map iterates in another order (equal orders of 16 keys: ~1e-13).
-    assert_ne!(word(&stdout, "order"), our_order, "{stdout}");
+    assert_ne!(value_of(&stdout, "order"), our_order, "{stdout}");
     assert_eq!(
         field(&same, "pid"),
         pid,
@@ -161,7 +161,7 @@ fn a_served_instance_accepts_equal_init_maps_from_other_processes() {
 
     let ours = Limits::standard(None);
     assert_ne!(
-        word(&announced, "order"),
+        value_of(&announced, "order"),
         Limits::order(&ours),
         "{announced}"
     );
@@ -188,14 +188,6 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The value of the `key=value` word in `stdout`.
-fn word<'a>(stdout: &'a str, key: &str) -> &'a str {
-    stdout
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key}= in {stdout:?}"))
 }
 
 /// The rest of the line starting with `key=` in `stdout`.

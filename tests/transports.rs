@@ -17,29 +17,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, chmod, field, is_root, kill, output_within, raw, wait_gone};
+use common::{
+    OTHER_UID, TestEnv, chmod, field, is_root, kill, output_within, raw, this_test_as_other_user,
+    wait_gone, word,
+};
 use loopback_singleton::{Error, Transport};
 use loopback_singleton_suite::{Counter, CounterClient, Fragile, FragileClient};
 
 /// The transports every platform of these tests (Unix) has, and what the daemon says
 /// each connection uses.
 const SOCKET_TRANSPORTS: [Transport; 2] = [Transport::Tcp, Transport::Unix];
-
-/// The `key=value` word of a client's stdout, as text.
-fn word(output: &Output, key: &str) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "client failed: {}\nstdout: {stdout}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key}= in {stdout:?}"))
-        .to_string()
-}
 
 #[test]
 fn the_builder_chooses_the_transport_and_the_daemon_serves_it() {
@@ -336,9 +323,6 @@ fn a_runtime_dir_path_longer_than_a_socket_address_works() {
 /// Set in the child process of the foreign-uid test: the socket to connect to.
 const FOREIGN_SOCKET_ENV: &str = "TRANSPORTS_TEST_FOREIGN_SOCKET";
 
-/// A uid nobody uses (as in tests/trust.rs).
-const OTHER_UID: u32 = 54321;
-
 #[test]
 fn a_peer_of_another_uid_on_the_unix_socket_is_refused_before_the_handshake() {
     if let Some(socket) = std::env::var_os(FOREIGN_SOCKET_ENV) {
@@ -396,17 +380,10 @@ fn a_peer_of_another_uid_on_the_unix_socket_is_refused_before_the_handshake() {
         ancestors_open &= mode & 0o001 != 0;
     }
     assert!(ancestors_open, "the temp dir is reachable by others");
-    let mut child = Command::new(std::env::current_exe().unwrap());
-    child
-        .args([
-            "--exact",
-            "a_peer_of_another_uid_on_the_unix_socket_is_refused_before_the_handshake",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(FOREIGN_SOCKET_ENV, &socket);
-    std::os::unix::process::CommandExt::uid(&mut child, OTHER_UID);
-    std::os::unix::process::CommandExt::gid(&mut child, OTHER_UID);
+    let mut child = this_test_as_other_user(
+        "a_peer_of_another_uid_on_the_unix_socket_is_refused_before_the_handshake",
+    );
+    child.env(FOREIGN_SOCKET_ENV, &socket);
     let output = output_within(child, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -623,18 +600,12 @@ fn a_client_refuses_a_socket_another_uid_listens_on_before_sending_anything() {
     std::os::unix::fs::chown(&theirs, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
     chmod(&env.base, 0o711);
     let planted = theirs.join("listener.sock");
-    let mut child = Command::new(std::env::current_exe().unwrap());
+    let mut child = this_test_as_other_user(
+        "a_client_refuses_a_socket_another_uid_listens_on_before_sending_anything",
+    );
     child
-        .args([
-            "--exact",
-            "a_client_refuses_a_socket_another_uid_listens_on_before_sending_anything",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env(FOREIGN_LISTENER_ENV, &planted)
         .stdout(std::process::Stdio::piped());
-    std::os::unix::process::CommandExt::uid(&mut child, OTHER_UID);
-    std::os::unix::process::CommandExt::gid(&mut child, OTHER_UID);
     let mut child = child.spawn().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();

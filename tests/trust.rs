@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::raw::{self, Rng};
-use common::{TestEnv, alive, chmod, is_root, json_field, kill, wait_gone};
+use common::{OTHER_UID, TestEnv, alive, chmod, is_root, json_field, kill, wait_gone};
 use loopback_singleton::{Builder, Error};
 use loopback_singleton_suite::{
     Counter, CounterClient, Journal, JournalClient, SelfCaller, SelfCallerClient, SlowStart,
@@ -935,9 +935,6 @@ fn a_long_lived_client_revalidates_the_directory_and_never_reaches_an_impostor()
         "expected Error::RuntimeDir: {report}"
     );
 }
-
-/// A uid nobody uses: the other user of the root-only tests.
-const OTHER_UID: u32 = 54321;
 
 #[test]
 fn a_base_directory_owned_by_another_user_is_refused() {

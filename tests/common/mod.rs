@@ -174,8 +174,16 @@ pub fn output_within(mut command: Command, limit: Duration) -> Output {
     }
 }
 
-/// Parses `key=value` words of a client's stdout.
-pub fn field(output: &Output, key: &str) -> u64 {
+/// The value of the `key=value` word in `stdout`.
+pub fn value_of<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {stdout:?}"))
+}
+
+/// The `key=value` word of a client's stdout, as text; the client must have succeeded.
+pub fn word(output: &Output, key: &str) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -183,12 +191,12 @@ pub fn field(output: &Output, key: &str) -> u64 {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    stdout
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key}= in {stdout:?}"))
-        .parse()
-        .unwrap()
+    value_of(&stdout, key).to_string()
+}
+
+/// Parses `key=value` words of a client's stdout.
+pub fn field(output: &Output, key: &str) -> u64 {
+    word(output, key).parse().unwrap()
 }
 
 /// Whether the tests run as root (those that need another user skip otherwise). Unix
@@ -197,6 +205,24 @@ pub fn field(output: &Output, key: &str) -> u64 {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A uid nobody uses, for tests that play another user (as root).
+#[cfg(unix)]
+pub const OTHER_UID: u32 = 54321;
+
+/// This test binary again, running only the test `test`, as [`OTHER_UID`]: the part of
+/// a test that plays another user (it tells which part it is by an environment variable
+/// the caller sets).
+#[cfg(unix)]
+pub fn this_test_as_other_user(test: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .uid(OTHER_UID)
+        .gid(OTHER_UID);
+    child
 }
 
 #[cfg(unix)]
