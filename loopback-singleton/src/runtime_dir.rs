@@ -427,14 +427,12 @@ impl RuntimeDir {
             Err(error) => return Err(refuse(&path, format!("cannot inspect it: {error}"))),
             Ok(stat) => stat,
         };
-        let socket = sys::is_socket_at(&self.handle, SOCKET)
-            .map_err(|error| refuse(&path, format!("cannot inspect it: {error}")))?;
-        if !socket {
+        if stat.kind != FileKind::Socket {
             let what = match stat.kind {
                 FileKind::Symlink => "a symbolic link",
                 FileKind::Dir => "a directory",
                 FileKind::File => "a regular file",
-                FileKind::Other => "a special file",
+                FileKind::Socket | FileKind::Other => "a special file",
             };
             return Err(refuse(
                 &path,

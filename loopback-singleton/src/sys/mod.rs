@@ -39,6 +39,8 @@ pub(crate) enum FileKind {
     Dir,
     File,
     Symlink,
+    /// A Unix-domain socket.
+    Socket,
     Other,
 }
 

@@ -331,21 +331,6 @@ pub(crate) fn connect_unix_at(
     }
 }
 
-/// Whether `name` in `dir` is a Unix socket (a symbolic link is not followed, and is
-/// not one).
-pub(crate) fn is_socket_at(dir: &DirHandle, name: &str) -> io::Result<bool> {
-    #[cfg(unix)]
-    {
-        let stat = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
-        Ok(rustix::fs::FileType::from_raw_mode(stat.st_mode as _) == rustix::fs::FileType::Socket)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (dir, name);
-        Ok(false)
-    }
-}
-
 #[cfg(not(unix))]
 fn no_unix_sockets() -> io::Error {
     io::Error::new(

@@ -24,6 +24,7 @@ fn stat_of(stat: &rustix::fs::Stat) -> Stat {
         FileType::Directory => FileKind::Dir,
         FileType::RegularFile => FileKind::File,
         FileType::Symlink => FileKind::Symlink,
+        FileType::Socket => FileKind::Socket,
         _ => FileKind::Other,
     };
     Stat {
