@@ -199,7 +199,7 @@ fn inspect(base: &Path, name: &str) -> Result<Option<(Detail, Daemon)>, Failure>
         match daemon.ping(PING_TIMEOUT) {
             Ok(info) => {
                 entry.state = "running";
-                entry.uptime_ms = Some(u64::try_from(info.uptime.as_millis()).unwrap_or(u64::MAX));
+                entry.uptime_ms = Some(millis(info.uptime));
                 entry.clients = Some(info.clients.saturating_sub(1));
                 entry.calls_served = Some(info.calls_served);
                 entry.version = info.version;
@@ -218,9 +218,7 @@ fn inspect(base: &Path, name: &str) -> Result<Option<(Detail, Daemon)>, Failure>
         protocol: published.protocol,
         dir: daemon.path().to_path_buf(),
         log: daemon.log_path(),
-        idle_ttl_ms: published
-            .idle_ttl
-            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        idle_ttl_ms: published.idle_ttl.map(millis),
     };
     Ok(Some((detail, daemon)))
 }
@@ -303,6 +301,11 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     for row in rows {
         line(&row.each_ref().map(String::as_str));
     }
+}
+
+/// Whole milliseconds, as the JSON shapes carry durations (saturating).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn human_duration(ms: u64) -> String {
@@ -467,7 +470,7 @@ impl From<&Latency> for LatencyReport {
 fn stats_report(name: &str, stats: &Stats, zeroed: bool) -> StatsReport {
     StatsReport {
         name: name.to_string(),
-        since_ms: u64::try_from(stats.since.as_millis()).unwrap_or(u64::MAX),
+        since_ms: millis(stats.since),
         zeroed,
         methods: stats
             .methods
@@ -530,7 +533,7 @@ fn stats(base: &Path, name: &str, json: bool, zero: bool) -> Result<(), Failure>
     if json {
         return print_json(&stats_report(name, &stats, zero));
     }
-    let since = u64::try_from(stats.since.as_millis()).unwrap_or(u64::MAX);
+    let since = millis(stats.since);
     let what = if zero { ", now zeroed" } else { "" };
     println!("{name}: over the last {}{what}", human_duration(since));
     let latencies = |latency: &Latency| {
