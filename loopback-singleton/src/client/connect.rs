@@ -67,18 +67,15 @@ impl Inner {
                 Err(DialError::Stale(_) | DialError::Refused(_) | DialError::Busy(_)) => {}
             }
         }
-        let (connection, endpoint) = self.establish()?;
+        let (connection, endpoint) = self.establish(&self.recheck_dir()?)?;
         *self.endpoint() = Some(endpoint);
         Ok(connection)
     }
 
-    /// Finds the running daemon or starts one: try first; on failure take the start
-    /// lock, try again under it, clean stale files, spawn, wait for readiness.
-    pub(super) fn establish(&self) -> Result<(Connection, Endpoint), Error> {
-        let dir = self.recheck_dir()?;
-        match self.find_or_start(&dir, true, |deadline, lock| {
-            self.spawn(&dir, deadline, lock)
-        })? {
+    /// Finds the running daemon in `dir` or starts one: try first; on failure take the
+    /// start lock, try again under it, clean stale files, spawn, wait for readiness.
+    pub(super) fn establish(&self, dir: &RuntimeDir) -> Result<(Connection, Endpoint), Error> {
+        match self.find_or_start(dir, true, |deadline, lock| self.spawn(dir, deadline, lock))? {
             Established::Found(connection, endpoint)
             | Established::Started((connection, endpoint)) => Ok((connection, endpoint)),
         }

@@ -129,7 +129,10 @@ pub(crate) fn decode_reply<R: DeserializeOwned>(body: &[u8]) -> Result<R, Error>
 impl<S: Service> Client<S> {
     fn connect(builder: Builder<S>, init: S::Init) -> Result<Self, Error> {
         let inner = Self::prepare(builder, &init)?;
-        let connection = inner.open()?;
+        // The first connection: through the directory `prepare` has just opened and
+        // checked (later ones check it afresh before they believe a new daemon).
+        let (connection, endpoint) = inner.establish(&inner.dir)?;
+        *inner.endpoint() = Some(endpoint);
         inner.checkin(connection);
         Ok(Client {
             inner: Arc::new(inner),
